@@ -1,0 +1,31 @@
+"""absl flags generated from `Options`, so flag names, defaults and help texts live in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from pix2pixhd_tf.options import Options
+
+_DEFINERS = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define one absl flag per `Options` field (idempotent)."""
+    for f in dataclasses.fields(Options):
+        if f.name in flag_values:
+            continue
+        choices = f.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(f.name, f.default, list(choices), f.metadata["help"], flag_values=flag_values)
+        else:
+            kind = type(f.default)
+            _DEFINERS[kind](f.name, f.default, f.metadata["help"], flag_values=flag_values)
+
+
+def options_from_flags(flag_values: flags.FlagValues = flags.FLAGS, **overrides) -> Options:
+    """The parsed flags as an `Options`, with `overrides` (e.g. phase='test') applied."""
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(Options)}
+    values.update(overrides)
+    return Options(**values)
