@@ -1,0 +1,188 @@
+"""Building blocks that reproduce PyTorch's padding and pooling semantics in Keras (NHWC).
+
+Keras' `padding="same"` pads more at the bottom/right for even sizes, PyTorch pads symmetrically; these
+layers pad explicitly and then run "valid" so that converted official weights give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+_PACKAGE = "pix2pixhd_tf"
+
+
+def conv_kernel_initializer() -> keras.initializers.Initializer:
+    """The official `weights_init`: conv and transposed-conv kernels ~ N(0, 0.02)."""
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
+def torch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
+    """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which `weights_init` leaves alone."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ReflectionPad2D(layers.Layer):
+    """nn.ReflectionPad2d: mirror padding without repeating the edge pixel."""
+
+    def __init__(self, padding: int, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = padding
+
+    def call(self, x):
+        p = self.padding
+        return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        grow = lambda s: None if s is None else s + 2 * self.padding  # noqa: E731
+        return (n, grow(h), grow(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+def instance_norm(name: str | None = None) -> layers.Layer:
+    """nn.InstanceNorm2d(affine=False): per-sample, per-channel normalisation, eps 1e-5, no running stats."""
+    return layers.GroupNormalization(groups=-1, center=False, scale=False, epsilon=1e-5, name=name)
+
+
+def conv(filters: int, kernel_size: int, in_channels: int, *, strides: int = 1, padding: int = 0, name: str):
+    """nn.Conv2d(in, filters, kernel_size, strides, padding) as zero padding + a "valid" Keras conv.
+
+    Returned as a list of layers so the caller can keep the conv's own name (the converter maps
+    official state-dict keys onto it).
+    """
+    pad = [layers.ZeroPadding2D(padding, name=f"{name}_pad")] if padding else []
+    return pad + [
+        layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="valid",
+            kernel_initializer=conv_kernel_initializer(),
+            bias_initializer=torch_bias_initializer(in_channels * kernel_size * kernel_size),
+            name=name,
+        )
+    ]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TorchConvTranspose2D(layers.Layer):
+    """nn.ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1): exactly doubles H and W.
+
+    A "valid" Keras transposed conv gives 2H+1; PyTorch's padding=1 drops the first row/column and its
+    output_padding=1 gives back the last one, so cropping the first row and column matches it exactly.
+    The kernel is (kh, kw, out, in), PyTorch's (in, out, kh, kw) transposed without flipping.
+    """
+
+    def __init__(self, filters: int, in_channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.in_channels = in_channels
+        self.conv = layers.Conv2DTranspose(
+            filters,
+            3,
+            strides=2,
+            padding="valid",
+            kernel_initializer=conv_kernel_initializer(),
+            # PyTorch computes fan_in of a transposed conv from weight dim 1 (= out channels).
+            bias_initializer=torch_bias_initializer(filters * 9),
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, x):
+        return self.conv(x)[:, 1:, 1:, :]
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        double = lambda s: None if s is None else 2 * s  # noqa: E731
+        return (n, double(h), double(w), self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "in_channels": self.in_channels}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AvgPoolExcludePad(layers.Layer):
+    """nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False): the input pyramid's downsampler.
+
+    Border windows average only the real pixels, so the sum over the zero-padded window is divided by
+    the number of real pixels in it.
+    """
+
+    def call(self, x):
+        pad = [[0, 0], [1, 1], [1, 1], [0, 0]]
+        summed = ops.average_pool(ops.pad(x, pad), 3, strides=2, padding="valid")
+        ones = ops.pad(ops.ones_like(x[..., :1]), pad)
+        counted = ops.average_pool(ones, 3, strides=2, padding="valid")
+        return summed / counted
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        half = lambda s: None if s is None else (s - 1) // 2 + 1  # noqa: E731
+        return (n, half(h), half(w), c)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResnetBlock(layers.Layer):
+    """The official ResnetBlock: x + [pad, conv3, IN, ReLU, pad, conv3, IN](x), no activation after."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.conv1 = conv(dim, 3, dim, name="conv1")[0]
+        self.norm1 = instance_norm("norm1")
+        self.conv2 = conv(dim, 3, dim, name="conv2")[0]
+        self.norm2 = instance_norm("norm2")
+        self.pad = ReflectionPad2D(1)
+
+    def build(self, input_shape):
+        padded = self.pad.compute_output_shape(input_shape)
+        for conv_layer, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2)):
+            conv_layer.build(padded)
+            norm.build(input_shape)
+
+    def call(self, x):
+        y = ops.relu(self.norm1(self.conv1(self.pad(x))))
+        y = self.norm2(self.conv2(self.pad(y)))
+        return x + y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class InstanceAveragePool(layers.Layer):
+    """Instance-wise average pooling (paper §3.4): each pixel gets the mean feature of its instance.
+
+    Vectorised as one segment mean over keys (batch index, instance id), so its cost does not grow with
+    the number of instances and it exports as plain TF ops.
+    """
+
+    def call(self, features, instance):
+        features = ops.cast(features, "float32")
+        shape = tf.shape(features)
+        n, h, w, c = shape[0], shape[1], shape[2], shape[3]
+        batch_index = tf.broadcast_to(tf.range(n, dtype=tf.int64)[:, None, None], [n, h, w])
+        # Pair (batch, instance) into one int64 key; instance ids fit in 32 bits.
+        keys = tf.reshape(batch_index * (2**32) + tf.cast(instance, tf.int64), [-1])
+        unique_keys, segment = tf.unique(keys, out_idx=tf.int32)
+        flat = tf.reshape(features, [-1, c])
+        means = tf.math.unsorted_segment_mean(flat, segment, tf.shape(unique_keys)[0])
+        return tf.reshape(tf.gather(means, segment), shape)
+
+    def compute_output_shape(self, features_shape, instance_shape):
+        return features_shape

@@ -1,0 +1,183 @@
+"""The coarse-to-fine generator: the global generator G1 and the local enhancers G2 (paper §3.2).
+
+Layers are named after the official `nn.Sequential` indices (`model_1` is `model.1` in a PyTorch
+state dict, `model1_2_3` is `model1_2.3`), so checkpoint conversion is a lookup, not a guess.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from pix2pixhd_tf.layers import AvgPoolExcludePad, ReflectionPad2D, ResnetBlock, TorchConvTranspose2D, conv, instance_norm
+
+_PACKAGE = "pix2pixhd_tf"
+
+
+def _apply(x, layer_list):
+    for layer in layer_list:
+        x = layer(x)
+    return x
+
+
+def conv_norm_relu(x, filters: int, in_channels: int, kernel_size: int, *, strides: int, name: str, index: int):
+    """[pad], conv, IN, ReLU at official positions index, index+1, index+2 of a Sequential."""
+    if kernel_size == 7:
+        x = ReflectionPad2D(3, name=f"{name}_{index - 1}")(x)
+        x = _apply(x, conv(filters, 7, in_channels, name=f"{name}_{index}"))
+    else:
+        x = _apply(x, conv(filters, kernel_size, in_channels, strides=strides, padding=1, name=f"{name}_{index}"))
+    x = instance_norm(f"{name}_{index + 1}")(x)
+    return layers.ReLU(name=f"{name}_{index + 2}")(x)
+
+
+def up_norm_relu(x, filters: int, in_channels: int, *, name: str, index: int):
+    """Transposed conv (x2), IN, ReLU at official positions index..index+2."""
+    x = TorchConvTranspose2D(filters, in_channels, name=f"{name}_{index}")(x)
+    x = instance_norm(f"{name}_{index + 1}")(x)
+    return layers.ReLU(name=f"{name}_{index + 2}")(x)
+
+
+def output_head(x, output_nc: int, in_channels: int, *, name: str, index: int):
+    """Reflect-pad 3, conv7, tanh; tanh runs in float32 so mixed precision never clips the image."""
+    x = ReflectionPad2D(3, name=f"{name}_{index}")(x)
+    x = _apply(x, conv(output_nc, 7, in_channels, name=f"{name}_{index + 1}"))
+    return layers.Activation("tanh", dtype="float32", name=f"{name}_{index + 2}")(x)
+
+
+def global_trunk(x, input_nc: int, ngf: int, n_downsampling: int, n_blocks: int, name: str = "model"):
+    """G1 without its output head: c7s1-ngf, n_downsampling × d(2×), n_blocks × R, n_downsampling × u(½).
+
+    Returns the features and the next official Sequential index (where the output head starts).
+    """
+    x = conv_norm_relu(x, ngf, input_nc, 7, strides=1, name=name, index=1)
+    index = 4
+    for i in range(n_downsampling):
+        mult = 2**i
+        x = conv_norm_relu(x, ngf * mult * 2, ngf * mult, 3, strides=2, name=name, index=index)
+        index += 3
+    dim = ngf * 2**n_downsampling
+    for _ in range(n_blocks):
+        x = ResnetBlock(dim, name=f"{name}_{index}")(x)
+        index += 1
+    for i in range(n_downsampling):
+        mult = 2 ** (n_downsampling - i)
+        x = up_norm_relu(x, ngf * mult // 2, ngf * mult, name=name, index=index)
+        index += 3
+    return x, index
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GlobalGenerator(keras.Model):
+    """G1, the global generator network (the paper's 1024×512 Cityscapes model at ngf 64)."""
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int = 3,
+        ngf: int = 64,
+        n_downsample_global: int = 4,
+        n_blocks_global: int = 9,
+        **kwargs,
+    ):
+        inputs = keras.Input((None, None, input_nc), name="input")
+        x, index = global_trunk(inputs, input_nc, ngf, n_downsample_global, n_blocks_global)
+        outputs = output_head(x, output_nc, ngf, name="model", index=index)
+        super().__init__(inputs, outputs, **kwargs)
+        self.input_nc = input_nc
+        self.output_nc = output_nc
+        self.ngf = ngf
+        self.n_downsample_global = n_downsample_global
+        self.n_blocks_global = n_blocks_global
+
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.n_downsample_global
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "input_nc": self.input_nc,
+            "output_nc": self.output_nc,
+            "ngf": self.ngf,
+            "n_downsample_global": self.n_downsample_global,
+            "n_blocks_global": self.n_blocks_global,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LocalEnhancer(keras.Model):
+    """G = {G1, G2, ...}: G1 at ngf·2^n works on the input downsampled n times; each enhancer doubles the
+    resolution and adds its front-end features to the coarser generator's last feature map."""
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int = 3,
+        ngf: int = 32,
+        n_downsample_global: int = 4,
+        n_blocks_global: int = 9,
+        n_local_enhancers: int = 1,
+        n_blocks_local: int = 3,
+        **kwargs,
+    ):
+        inputs = keras.Input((None, None, input_nc), name="input")
+        pyramid = [inputs]
+        for i in range(n_local_enhancers):
+            pyramid.append(AvgPoolExcludePad(name=f"downsample_{i + 1}")(pyramid[-1]))
+
+        ngf_global = ngf * 2**n_local_enhancers
+        out, _ = global_trunk(pyramid[-1], input_nc, ngf_global, n_downsample_global, n_blocks_global)
+        for n in range(1, n_local_enhancers + 1):
+            g = ngf * 2 ** (n_local_enhancers - n)
+            front_name, back_name = f"model{n}_1", f"model{n}_2"
+            y = conv_norm_relu(pyramid[n_local_enhancers - n], g, input_nc, 7, strides=1, name=front_name, index=1)
+            y = conv_norm_relu(y, 2 * g, g, 3, strides=2, name=front_name, index=4)
+            y = layers.Add(name=f"model{n}_add")([y, out])
+            for i in range(n_blocks_local):
+                y = ResnetBlock(2 * g, name=f"{back_name}_{i}")(y)
+            y = up_norm_relu(y, g, 2 * g, name=back_name, index=n_blocks_local)
+            if n == n_local_enhancers:
+                y = output_head(y, output_nc, ngf, name=back_name, index=n_blocks_local + 3)
+            out = y
+        super().__init__(inputs, out, **kwargs)
+        self.input_nc = input_nc
+        self.output_nc = output_nc
+        self.ngf = ngf
+        self.n_downsample_global = n_downsample_global
+        self.n_blocks_global = n_blocks_global
+        self.n_local_enhancers = n_local_enhancers
+        self.n_blocks_local = n_blocks_local
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (self.n_downsample_global + self.n_local_enhancers)
+
+    def global_layers(self) -> list[keras.layers.Layer]:
+        """The layers of the embedded G1 (named `model_*`): frozen for the first niter_fix_global epochs."""
+        return [layer for layer in self.layers if layer.name.startswith("model_") and layer.weights]
+
+    def global_variables(self) -> list[keras.Variable]:
+        return [v for layer in self.global_layers() for v in layer.trainable_variables]
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "input_nc": self.input_nc,
+            "output_nc": self.output_nc,
+            "ngf": self.ngf,
+            "n_downsample_global": self.n_downsample_global,
+            "n_blocks_global": self.n_blocks_global,
+            "n_local_enhancers": self.n_local_enhancers,
+            "n_blocks_local": self.n_blocks_local,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
