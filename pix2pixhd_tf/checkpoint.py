@@ -1,0 +1,158 @@
+"""Checkpoints of an experiment: `{checkpoints_dir}/{name}/` holds
+
+- `latest/`: the rolling checkpoint written every save_latest_freq steps, at interruption and epoch ends;
+- `epoch_{N}/`: a numbered checkpoint every save_epoch_freq epochs (`--which_epoch N` loads it);
+- `options.json` and `opt.txt`: the settings the experiment was trained with.
+
+A checkpoint holds G, D, E, both optimizers and the training position (epoch, step in epoch, global step),
+so `--continue_train` resumes exactly. Tools that only need G and E read it partially.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from pix2pixhd_tf import networks
+from pix2pixhd_tf.options import Options
+
+LATEST = "latest"
+
+
+class TrainingPosition(tf.Module):
+    """Where training stands: epoch (1-based, as the official code counts) and steps already done in it."""
+
+    def __init__(self):
+        super().__init__(name="position")
+        self.epoch = tf.Variable(1, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+
+
+def experiment_dir(opts: Options) -> str:
+    return os.path.join(opts.checkpoints_dir, opts.name)
+
+
+def checkpoint_dir(base: str, which_epoch: str) -> str:
+    return os.path.join(base, LATEST if str(which_epoch) == LATEST else f"epoch_{which_epoch}")
+
+
+def make_checkpoint(
+    generator: keras.Model,
+    discriminator: keras.Model | None = None,
+    encoder: keras.Model | None = None,
+    g_optimizer=None,
+    d_optimizer=None,
+    position: TrainingPosition | None = None,
+) -> tf.train.Checkpoint:
+    parts = dict(
+        generator=generator,
+        discriminator=discriminator,
+        encoder=encoder,
+        g_optimizer=g_optimizer,
+        d_optimizer=d_optimizer,
+        position=position,
+    )
+    return tf.train.Checkpoint(**{k: v for k, v in parts.items() if v is not None})
+
+
+def save(checkpoint: tf.train.Checkpoint, directory: str) -> str:
+    """Write atomically: into a sibling temp dir, then swap it in, so a kill mid-save never loses the old one."""
+    tmp = directory.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    path = checkpoint.write(os.path.join(tmp, "ckpt"))
+    old = directory.rstrip("/") + ".old"
+    if os.path.exists(directory):
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return path.replace(tmp, directory)
+
+
+def find(directory: str) -> str | None:
+    """The checkpoint prefix in `directory`, or None (also recovers from a save killed between its renames)."""
+    for candidate in (directory, directory.rstrip("/") + ".old"):
+        if os.path.exists(os.path.join(candidate, "ckpt.index")):
+            return os.path.join(candidate, "ckpt")
+    return None
+
+
+def restore(checkpoint: tf.train.Checkpoint, directory: str, *, partial: bool = False) -> str:
+    """Restore `checkpoint` from `directory`. partial=True allows parts the caller did not ask for."""
+    path = find(directory)
+    if path is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {directory}: check --checkpoints_dir, --name and --which_epoch "
+            f"(available: {', '.join(available_checkpoints(os.path.dirname(directory))) or 'none'})"
+        )
+    status = checkpoint.read(path)
+    if partial:
+        status.expect_partial()
+    else:
+        status.assert_existing_objects_matched()
+    return path
+
+
+def available_checkpoints(base: str) -> list[str]:
+    if not os.path.isdir(base):
+        return []
+    names = [n for n in os.listdir(base) if n == LATEST or n.startswith("epoch_")]
+    return sorted(n for n in names if find(os.path.join(base, n)))
+
+
+def save_options(opts: Options, directory: str) -> None:
+    """options.json (read back by the tools) and opt.txt (the official human-readable listing)."""
+    os.makedirs(directory, exist_ok=True)
+    values = dataclasses.asdict(opts)
+    with open(os.path.join(directory, "options.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+    with open(os.path.join(directory, "opt.txt"), "w") as f:
+        f.write("------------ Options -------------\n")
+        f.writelines(f"{k}: {v}\n" for k, v in sorted(values.items()))
+        f.write("-------------- End ----------------\n")
+
+
+def load_networks(
+    opts: Options, *, which_epoch: str | None = None, discriminator: bool = False
+) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
+    """Build G (+E, +D if asked) from `opts` and restore their weights from the experiment's checkpoint."""
+    G = networks.build_generator(opts)
+    E = networks.build_encoder(opts)
+    D = networks.build_discriminator(opts) if discriminator else None
+    directory = checkpoint_dir(experiment_dir(opts), which_epoch or opts.which_epoch)
+    restore(make_checkpoint(G, D, E), directory, partial=True)
+    return G, D, E
+
+
+def load_pretrained_global(generator: keras.Model, opts: Options) -> None:
+    """`--load_pretrain DIR`: copy a trained global G1 into this generator (coarse-to-fine, paper §3.2).
+
+    For a local G, the checkpoint is a GlobalGenerator at ngf·2^n_local_enhancers; its layers share
+    their official names (`model_i`) with the local G's embedded G1, minus the output head.
+    """
+    source_opts = opts
+    if opts.netG == "local":
+        source_opts = opts.replace(netG="global", ngf=opts.ngf * 2**opts.n_local_enhancers)
+    source = networks.build_generator(source_opts)
+    path = restore(make_checkpoint(source), checkpoint_dir(opts.load_pretrain, opts.which_epoch), partial=True)
+    target_layers = {layer.name: layer for layer in generator.layers if layer.weights}
+    copied = 0
+    for layer in source.layers:
+        if layer.weights and layer.name in target_layers:
+            target = target_layers[layer.name]
+            for t, s in zip(target.weights, layer.weights):
+                if tuple(t.shape) != tuple(s.shape):
+                    raise ValueError(
+                        f"--load_pretrain {path}: layer {layer.name} has shape {tuple(s.shape)} there but "
+                        f"{tuple(t.shape)} here; train the global G with --ngf {source_opts.ngf} and the same "
+                        "label_nc / n_downsample_global / n_blocks_global"
+                    )
+                t.assign(s)
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"--load_pretrain {path}: no generator layer matched; is it a pix2pixhd_tf checkpoint?")

@@ -1,0 +1,330 @@
+"""The training loop: one custom loop over `strategy.run(model.train_step)` for every strategy.
+
+Keras 3.15's `fit()` fails under MultiWorkerMirroredStrategy (keras#20585), so the loop is ours. It follows
+the official train.py: epochs counted from 1, LR constant for niter epochs then linear to zero over
+niter_decay, the global G held fixed for the first niter_fix_global epochs of a local G. Every epoch's
+data order and crops come from (seed, epoch), so a run resumed mid-epoch sees exactly the batches the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import shutil
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pix2pixhd_tf import checkpoint as ckpt
+from pix2pixhd_tf import distribute, visualize
+from pix2pixhd_tf.data.dataset import build_dataset
+from pix2pixhd_tf.data.files import list_dataset_files
+from pix2pixhd_tf.model import Pix2PixHD, make_optimizers
+from pix2pixhd_tf.options import Options
+
+
+def learning_rate(opts: Options, epoch: int) -> float:
+    """LR during `epoch` (1-based): lr for epochs 1..niter+1, then lr/niter_decay less per epoch (official)."""
+    decayed_epochs = max(0, epoch - 1 - opts.niter)
+    return max(0.0, opts.lr * (1.0 - decayed_epochs / max(1, opts.niter_decay)))
+
+
+def total_epochs(opts: Options) -> int:
+    return opts.niter + opts.niter_decay
+
+
+def set_precision_policy(opts: Options) -> None:
+    policy = "mixed_float16" if opts.fp16 else "mixed_bfloat16" if opts.bf16 else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def prepare_data(opts: Options) -> None:
+    """Write the built-in synthetic dataset when asked (--synthetic), then check the files up front."""
+    if opts.synthetic:
+        from pix2pixhd_tf.data.synthetic import LABEL_NC, ensure_synthetic_dataset
+
+        if opts.label_nc != LABEL_NC:
+            raise ValueError(f"the synthetic dataset has {LABEL_NC} classes: set --label_nc={LABEL_NC}")
+        ensure_synthetic_dataset(
+            opts.dataroot,
+            n_train=opts.synthetic_size,
+            n_test=max(8, opts.synthetic_size // 10),
+            height=opts.loadSize // 2,
+            width=opts.loadSize,
+            seed=opts.seed,
+        )
+    list_dataset_files(opts)
+
+
+class _StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so a checkpoint can be written."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.signal is not None:  # a second signal stops at once
+                raise KeyboardInterrupt
+            self.signal = signum
+            print(f"\nSignal {signum} received: saving a checkpoint after this step (send it again to abort).")
+
+        try:
+            for s in previous:
+                signal.signal(s, handler)
+        except ValueError:  # not in the main thread (e.g. inside a test runner's worker thread)
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+@dataclass
+class TrainResult:
+    model: Pix2PixHD
+    epoch: int
+    global_step: int
+    interrupted: bool
+    losses: dict[str, float]
+
+
+class Trainer:
+    """Owns the strategy, the model, its checkpoint and the logs of one experiment."""
+
+    def __init__(self, opts: Options, strategy: tf.distribute.Strategy | None = None, vgg: keras.Model | None = None):
+        self.opts = opts
+        set_precision_policy(opts)
+        self.strategy = strategy or distribute.make_strategy(opts)
+        self.is_chief = distribute.is_chief(self.strategy)
+        self.dir = ckpt.experiment_dir(opts)
+        self.write_dir = distribute.worker_scratch_dir(self.dir, self.strategy)
+        keras.utils.set_random_seed(opts.seed)
+        with self.strategy.scope():
+            self.model = Pix2PixHD.from_options(opts, vgg=vgg)
+            self.model.compile(*make_optimizers(opts))
+            self.position = ckpt.TrainingPosition()
+        self.checkpoint = ckpt.make_checkpoint(
+            self.model.generator,
+            self.model.discriminator,
+            self.model.encoder,
+            self.model.g_optimizer,
+            self.model.d_optimizer,
+            self.position,
+        )
+        self._step_fn = None
+
+    # ------------------------------------------------------------------ state
+    def restore_or_initialise(self) -> None:
+        opts = self.opts
+        if opts.continue_train:
+            path = ckpt.restore(self.checkpoint, ckpt.checkpoint_dir(self.dir, opts.which_epoch), partial=True)
+            print(f"Resuming from {path} at epoch {int(self.position.epoch)}, step {int(self.position.step_in_epoch)}")
+        elif opts.load_pretrain:
+            ckpt.load_pretrained_global(self.model.generator, opts)
+            print(f"Loaded the pretrained global generator from {opts.load_pretrain}")
+
+    def save(self, which: str = ckpt.LATEST) -> None:
+        """Every worker takes part (variables are read collectively); only the chief's copy is kept."""
+        directory = ckpt.checkpoint_dir(self.write_dir, which)
+        ckpt.save(self.checkpoint, directory)
+        if not self.is_chief:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ data
+    def epoch_dataset(self, epoch: int, skip: int):
+        """The distributed batches of `epoch`, seeded by (seed, epoch), with the first `skip` steps dropped."""
+        opts = self.opts.replace(seed=self.opts.seed * 100003 + epoch)
+
+        def dataset_fn(input_context):
+            ds = build_dataset(opts, training=True, input_context=input_context)
+            if opts.steps_per_epoch:
+                ds = ds.take(opts.steps_per_epoch)
+            return ds.skip(skip)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def steps_per_epoch(self) -> int:
+        files = list_dataset_files(self.opts)
+        steps = len(files) // self.opts.batchSize
+        if steps == 0:
+            raise ValueError(f"--batchSize={self.opts.batchSize} is larger than the dataset ({len(files)} samples)")
+        return min(steps, self.opts.steps_per_epoch) if self.opts.steps_per_epoch else steps
+
+    # ------------------------------------------------------------------ steps
+    def _distributed_step(self, batch):
+        pool = self.model.image_pool
+        if pool is not None and not pool.built:
+            image = self.strategy.experimental_local_results(batch)[0]["image"]
+            with self.strategy.scope():
+                pool.build(image.shape)
+        if self._step_fn is None:
+            model = self.model
+            step = tf.function(model.train_step, jit_compile=True) if self.opts.xla else model.train_step
+
+            @tf.function
+            def run(batch):
+                self.strategy.run(step, args=(batch,))
+
+            self._step_fn = run
+        return self._step_fn
+
+    def set_epoch(self, epoch: int) -> None:
+        lr = learning_rate(self.opts, epoch)
+        self.model.g_optimizer.learning_rate.assign(lr)
+        self.model.d_optimizer.learning_rate.assign(lr)
+        update_global = not (self.opts.netG == "local" and epoch <= self.opts.niter_fix_global)
+        if update_global != self.model.update_global:
+            self.model.set_update_global(update_global)
+            self._step_fn = None  # retrace with the new variable list
+
+    # ------------------------------------------------------------------ loop
+    def train(self, max_steps: int | None = None) -> TrainResult:
+        """Train to the end of the schedule (or `max_steps` more steps), saving as the options say."""
+        opts = self.opts
+        if self.is_chief:
+            ckpt.save_options(opts, self.dir)
+        logger = TrainingLogger(opts, self.model, self.dir, enabled=self.is_chief)
+        steps_per_epoch = self.steps_per_epoch()
+        stop = _StopRequested()
+        done = 0
+        interrupted = False
+        with stop.installed(), logger:
+            epoch = int(self.position.epoch)
+            while epoch <= total_epochs(opts) and not interrupted:
+                self.set_epoch(epoch)
+                first = int(self.position.step_in_epoch)
+                logger.start_epoch(epoch, steps_per_epoch, first)
+                for batch in self.epoch_dataset(epoch, first):
+                    self._distributed_step(batch)(batch)
+                    done += 1
+                    self.position.step_in_epoch.assign_add(1)
+                    self.position.global_step.assign_add(1)
+                    step = int(self.position.global_step)
+                    logger.step(step, int(self.position.step_in_epoch), batch, self.strategy)
+                    if stop.signal is not None or (max_steps is not None and done >= max_steps):
+                        interrupted = True
+                        break
+                    if opts.save_latest_freq and step % opts.save_latest_freq == 0:
+                        self.save()
+                if interrupted:
+                    break
+                logger.end_epoch(epoch)
+                self.position.epoch.assign_add(1)
+                self.position.step_in_epoch.assign(0)
+                if opts.save_epoch_freq and epoch % opts.save_epoch_freq == 0:
+                    self.save(str(epoch))
+                self.save()
+                epoch += 1
+            if interrupted:
+                self.save()
+        return TrainResult(self.model, int(self.position.epoch), int(self.position.global_step), interrupted,
+                           logger.last_losses)
+
+
+class TrainingLogger:
+    """Progress bar, loss log, TensorBoard scalars and image grids, per-epoch sample images (chief only)."""
+
+    def __init__(self, opts: Options, model: Pix2PixHD, directory: str, enabled: bool = True):
+        self.opts = opts
+        self.model = model
+        self.enabled = enabled
+        self.dir = directory
+        self.last_losses: dict[str, float] = {}
+        self.writer = None
+        self.bar = None
+        self.sample: dict | None = None
+        self.start_time = time.time()
+
+    def __enter__(self):
+        if self.enabled:
+            os.makedirs(os.path.join(self.dir, "samples"), exist_ok=True)
+            self.writer = tf.summary.create_file_writer(os.path.join(self.dir, "logs"))
+            self.loss_log = open(os.path.join(self.dir, "loss_log.txt"), "a")
+            self.loss_log.write(f"================ Training Loss ({time.strftime('%c')}) ================\n")
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.loss_log.close()
+            self.writer.close()
+
+    def start_epoch(self, epoch: int, steps: int, first: int) -> None:
+        self.epoch = epoch
+        self.epoch_start = time.time()
+        for tracker in self.model.metrics:
+            tracker.reset_state()
+        if self.enabled:
+            self.bar = keras.utils.Progbar(steps, stateful_metrics=list(self.model.trackers), unit_name="step")
+            print(f"Epoch {epoch}/{total_epochs(self.opts)} (lr {learning_rate(self.opts, epoch):.6g})")
+            if first:
+                self.bar.update(first)
+
+    def step(self, global_step: int, step_in_epoch: int, batch, strategy) -> None:
+        if not self.enabled:
+            return
+        losses = {name: float(t.result()) for name, t in self.model.trackers.items()}
+        self.last_losses = losses
+        self.bar.update(step_in_epoch, list(losses.items()))
+        if self.sample is None:
+            self.sample = _first_replica(batch, strategy)
+        if global_step % self.opts.print_freq == 0:
+            with self.writer.as_default(step=global_step):
+                for name, value in losses.items():
+                    tf.summary.scalar(name, value)
+            line = " ".join(f"{k}: {v:.3f}" for k, v in losses.items())
+            self.loss_log.write(f"(epoch: {self.epoch}, iters: {step_in_epoch}, step: {global_step}) {line}\n")
+            self.loss_log.flush()
+        if global_step % self.opts.display_freq == 0:
+            with self.writer.as_default(step=global_step):
+                tf.summary.image("label | generated | real", self.grid()[None])
+
+    def grid(self) -> np.ndarray:
+        """Coloured label map | generated | real for the first sample of the first batch seen."""
+        sample = self.sample
+        fake = self.model.generate(sample)
+        label = sample["label"].numpy()[0]
+        if label.ndim == 2:
+            label_rgb = visualize.colorize_labels(label, palette=_palette(self.opts))
+        else:
+            label_rgb = visualize.tensor_to_uint8(label)
+        row = [label_rgb, visualize.tensor_to_uint8(fake.numpy()[0]), visualize.tensor_to_uint8(sample["image"].numpy()[0])]
+        return visualize.image_grid([row])
+
+    def end_epoch(self, epoch: int) -> None:
+        if not self.enabled:
+            return
+        if self.sample is not None:
+            visualize.save_image(os.path.join(self.dir, "samples", f"epoch{epoch:03d}.png"), self.grid())
+        print(f"End of epoch {epoch}: {time.time() - self.epoch_start:.0f} s")
+
+
+def _first_replica(batch, strategy) -> dict:
+    local = strategy.experimental_local_results(batch)[0] if hasattr(strategy, "experimental_local_results") else batch
+    return {k: v[:1] for k, v in local.items()}
+
+
+def _palette(opts: Options) -> np.ndarray | None:
+    if opts.synthetic:
+        from pix2pixhd_tf.data.synthetic import PALETTE
+
+        return PALETTE
+    return None
+
+
+def train(opts: Options, max_steps: int | None = None) -> TrainResult:
+    """Prepare the data, build or resume the experiment and train it."""
+    prepare_data(opts)
+    trainer = Trainer(opts)
+    trainer.restore_or_initialise()
+    return trainer.train(max_steps=max_steps)
