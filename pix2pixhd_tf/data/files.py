@@ -1,0 +1,349 @@
+"""Find, pair and check the files of a pix2pixHD dataset before any training starts.
+
+Layout (as in the official code): `{dataroot}/{phase}_label` (label ids), `{phase}_inst` (instance ids),
+`{phase}_img` (real images) and, with `--load_features`, `{phase}_feat`; with `--label_nc 0` the input is an
+RGB image from `{phase}_A` and the target comes from `{phase}_B`. Files are paired by sorted order, and the
+pairing is checked by name: Cityscapes files correspond by the prefix before `_gtFine` / `_gtCoarse` /
+`_leftImg8bit`, other datasets by identical names (extension aside).
+
+The checks are cheap: only image headers are read (`PIL.Image.open(...).size`, no pixel decoding), plus the
+last bytes of each file to catch truncated PNG/JPEG files. `deep_check=True` decodes every file as well, to
+find any corrupt file and any label id >= label_nc up front (slow on large datasets: a full decoding pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from pix2pixhd_tf.options import Options
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+FEATURE_EXTENSIONS = IMAGE_EXTENSIONS + (".npy",)
+# Cityscapes names: aachen_000000_000019_gtFine_labelIds.png <-> ..._gtFine_instanceIds.png <-> ..._leftImg8bit.png.
+CITYSCAPES_MARKERS = ("_gtFine", "_gtCoarse", "_leftImg8bit")
+
+# How each file is decoded in the input pipeline (see dataset.py). Chosen up front from the PIL header.
+DECODE_PNG8 = 0  # single-channel 8-bit PNG ids: tf.io.decode_png(dtype=uint8)
+DECODE_PNG16 = 1  # single-channel 16-bit PNG ids: tf.io.decode_png(dtype=uint16)
+DECODE_NATIVE = 2  # PNG/JPEG image that tf.io.decode_image converts like PIL's convert('RGB')
+DECODE_PIL = 3  # anything else (palette or 32-bit 'I' id maps, 16-bit gray images ...): PIL in a numpy_function
+DECODE_NPY = 4  # float32 .npy feature map, read with tf.io.decode_raw
+
+# PIL modes of single-channel id maps (label and instance maps).
+_ID_MODES_PNG8 = ("L",)
+_ID_MODES_PNG16 = ("I;16", "I;16B")
+_ID_MODES_PIL = ("P", "I", "1", "I;16L")
+_IMAGE_MODES_NATIVE = {"PNG": ("L", "LA", "P", "RGB", "RGBA"), "JPEG": ("L", "RGB")}
+
+_PNG_END = b"IEND\xaeB`\x82"
+_JPEG_END = b"\xff\xd9"
+
+
+class DatasetError(ValueError):
+    """A problem with the dataset files; the message names the file(s) and says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """What the header of one file says."""
+
+    path: str
+    width: int
+    height: int
+    decode: int  # one of the DECODE_* constants
+    npy_offset: int = 0  # start of the raw data in a .npy file
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFiles:
+    """The checked, paired files of one phase; sample i is (label[i], instance[i], image[i], feat[i]).
+
+    `label` holds the `{phase}_A` images when label_nc is 0. `instance`, `image` and `feat` are None when the
+    dataset has none (--no_instance, no `{phase}_img` folder at test time, no --load_features).
+    """
+
+    root: str
+    phase: str
+    label: tuple[FileInfo, ...]
+    instance: tuple[FileInfo, ...] | None
+    image: tuple[FileInfo, ...] | None
+    feat: tuple[FileInfo, ...] | None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def label_paths(self) -> list[str]:
+        return [f.path for f in self.label]
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every sample before any transform."""
+        return [(f.width, f.height) for f in self.label]
+
+
+def folder_names(opts: Options, phase: str) -> dict[str, str]:
+    """The folder of each kind of file: {'label': 'train_label', 'instance': ..., 'image': ..., 'feat': ...}."""
+    names = {"label": f"{phase}_A" if opts.label_nc == 0 else f"{phase}_label"}
+    if not opts.no_instance:
+        names["instance"] = f"{phase}_inst"
+    names["image"] = f"{phase}_B" if opts.label_nc == 0 else f"{phase}_img"
+    if opts.load_features:
+        names["feat"] = f"{phase}_feat"
+    return names
+
+
+def list_dataset_files(
+    opts: Options, phase: str | None = None, *, require_images: bool = False, deep_check: bool = False
+) -> DatasetFiles:
+    """Finds and pairs the files of `phase` (default `opts.phase`) and checks them before any training.
+
+    Args:
+      opts: the options; uses dataroot, phase, label_nc, no_instance, load_features, feat_num, output_nc,
+        input_nc and max_dataset_size.
+      phase: overrides `opts.phase`.
+      require_images: fail when the image folder (`{phase}_img` / `{phase}_B`) is missing; otherwise a
+        missing image folder (inference without real images) gives `image=None`.
+      deep_check: also decode every file with PIL (catches any corrupt file and label ids >= label_nc now
+        instead of during training; costs a full decoding pass).
+
+    Returns:
+      The paired files, at most `opts.max_dataset_size` of them (the first ones in sorted order).
+
+    Raises:
+      DatasetError: a folder is missing or empty, counts differ, names do not correspond, a file is not a
+        readable image, sizes of a sample differ, or a file has an unsupported format; the message names the
+        file(s) and the fix.
+    """
+    phase = phase or opts.phase
+    root = opts.dataroot
+    if not os.path.isdir(root):
+        raise DatasetError(
+            f"Dataset root {root!r} does not exist: set --dataroot to the folder holding {phase}_label etc."
+        )
+    names = folder_names(opts, phase)
+
+    listed: dict[str, list[str]] = {}
+    for kind, name in names.items():
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            if kind == "image" and not require_images:
+                continue
+            raise DatasetError(_missing_folder_message(kind, folder))
+        extensions = FEATURE_EXTENSIONS if kind == "feat" else IMAGE_EXTENSIONS
+        paths = _list_folder(folder, extensions)
+        if not paths:
+            raise DatasetError(
+                f"Folder {folder!r} holds no {'/'.join(e[1:] for e in extensions)} files: put the {kind} files "
+                f"there or point --dataroot elsewhere."
+            )
+        listed[kind] = paths
+
+    label_folder = os.path.join(root, names["label"])
+    for kind, paths in listed.items():
+        if kind != "label" and len(paths) != len(listed["label"]):
+            raise DatasetError(_count_message(label_folder, listed["label"], os.path.join(root, names[kind]), paths))
+
+    n = min(len(listed["label"]), max(0, opts.max_dataset_size))
+    if n == 0:
+        raise DatasetError(f"--max_dataset_size={opts.max_dataset_size} leaves no samples in {label_folder!r}.")
+    listed = {kind: paths[:n] for kind, paths in listed.items()}
+
+    for kind, paths in listed.items():
+        if kind == "label":
+            continue
+        folder = os.path.join(root, names[kind])
+        for a, b in zip(listed["label"], paths):
+            if pairing_key(a, label_folder) != pairing_key(b, folder):
+                raise DatasetError(
+                    f"Files are paired by sorted order, but {a!r} and {b!r} do not correspond: their names should "
+                    f"match (Cityscapes: the same prefix before _gtFine/_leftImg8bit, otherwise the same name). "
+                    f"Rename or remove the unpaired file."
+                )
+
+    infos = {kind: tuple(_read_header(p, kind, opts) for p in paths) for kind, paths in listed.items()}
+    _check_sizes(infos)
+    if "feat" in infos:
+        _check_feature_format(infos["feat"], opts)
+    files = DatasetFiles(
+        root=root,
+        phase=phase,
+        label=infos["label"],
+        instance=infos.get("instance"),
+        image=infos.get("image"),
+        feat=infos.get("feat"),
+    )
+    if deep_check:
+        check_contents(files, opts)
+    return files
+
+
+def pairing_key(path: str, folder: str) -> str:
+    """The name by which files of one sample correspond: the relative path without extension, cut before
+    a Cityscapes marker (`_gtFine`, `_gtCoarse`, `_leftImg8bit`)."""
+    rel = os.path.splitext(os.path.relpath(path, folder))[0]
+    head, stem = os.path.split(rel)
+    cuts = [stem.find(m) for m in CITYSCAPES_MARKERS if stem.find(m) > 0]
+    if cuts:
+        stem = stem[: min(cuts)]
+    return os.path.join(head, stem)
+
+
+def check_contents(files: DatasetFiles, opts: Options) -> None:
+    """Decodes every file with PIL: raises DatasetError naming any corrupt file or label id >= label_nc."""
+    for kind in ("label", "instance", "image", "feat"):
+        for info in getattr(files, kind) or ():
+            if info.decode == DECODE_NPY:
+                try:
+                    np.load(info.path, allow_pickle=False)
+                except (OSError, ValueError) as e:
+                    raise DatasetError(corrupt_message(info.path, e)) from e
+                continue
+            try:
+                with Image.open(info.path) as im:
+                    im.verify()
+                with Image.open(info.path) as im:
+                    pixels = np.asarray(im)
+            except Exception as e:  # PIL raises many types (OSError, SyntaxError, zlib.error ...).
+                raise DatasetError(corrupt_message(info.path, e)) from e
+            if kind == "label" and opts.label_nc > 0 and pixels.size and int(pixels.max()) >= opts.label_nc:
+                raise DatasetError(label_range_message(info.path, int(pixels.max()), opts.label_nc))
+
+
+def label_range_message(path: str, max_id: int | str, label_nc: int) -> str:
+    return (
+        f"Label map {path} has id {max_id} >= --label_nc={label_nc}: set --label_nc to more than the largest "
+        f"label id, or fix the map (ids must be 0 .. label_nc-1)."
+    )
+
+
+def corrupt_message(path: str, error: BaseException) -> str:
+    return (
+        f"Cannot read {path} ({type(error).__name__}: {error}): the file is corrupt or truncated; re-create or "
+        f"remove it."
+    )
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _list_folder(folder: str, extensions: Iterable[str]) -> list[str]:
+    """Files of `folder` and its subfolders with one of `extensions` (any case), in sorted order."""
+    extensions = tuple(extensions)
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(extensions))
+    return sorted(paths)
+
+
+def _missing_folder_message(kind: str, folder: str) -> str:
+    fix = {
+        "label": "put the label maps there (the input images with --label_nc 0), or set --dataroot / --phase",
+        "instance": "put the instance maps there, or pass --no_instance",
+        "image": "put the real images there (training needs them)",
+        "feat": "precompute the feature maps into it, or drop --load_features",
+    }[kind]
+    return f"Missing {kind} folder {folder!r}: {fix}."
+
+
+def _count_message(folder_a: str, paths_a: list[str], folder_b: str, paths_b: list[str]) -> str:
+    keys_a = {pairing_key(p, folder_a): p for p in paths_a}
+    keys_b = {pairing_key(p, folder_b): p for p in paths_b}
+    lonely = [p for k, p in keys_a.items() if k not in keys_b] + [p for k, p in keys_b.items() if k not in keys_a]
+    detail = f" Without a counterpart: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}." if lonely else ""
+    return (
+        f"{folder_a!r} has {len(paths_a)} files but {folder_b!r} has {len(paths_b)}: every sample needs one file "
+        f"in each folder.{detail} Add the missing files or remove the extra ones."
+    )
+
+
+def _read_header(path: str, kind: str, opts: Options) -> FileInfo:
+    if path.lower().endswith(".npy"):
+        return _read_npy_header(path, opts)
+    try:
+        with open(path, "rb") as f:
+            with Image.open(f) as im:
+                width, height = im.size
+                mode, fmt = im.mode, im.format
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 1024))
+            tail = f.read()
+        ends = {"PNG": (_PNG_END, 64), "JPEG": (_JPEG_END, 1024)}.get(fmt)
+        if ends and ends[0] not in tail[-ends[1]:]:
+            # No end marker: truncated, or (JPEG) trailing data after the image. Decode to tell them apart.
+            with Image.open(path) as im:
+                im.load()
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError ...).
+        raise DatasetError(corrupt_message(path, e)) from e
+
+    if kind in ("label", "instance") and not (kind == "label" and opts.label_nc == 0):
+        if fmt != "PNG":
+            raise DatasetError(
+                f"{kind.capitalize()} map {path} is a {fmt}: lossy formats alter ids; save label and instance "
+                f"maps as PNG."
+            )
+        if mode in _ID_MODES_PNG8:
+            decode = DECODE_PNG8
+        elif mode in _ID_MODES_PNG16:
+            decode = DECODE_PNG16
+        elif mode in _ID_MODES_PIL:
+            decode = DECODE_PIL
+        else:
+            raise DatasetError(
+                f"{kind.capitalize()} map {path} has PIL mode {mode!r}, but it must hold one id per pixel: save "
+                f"it as a single-channel 8-bit ('L'), 16-bit ('I;16') or palette ('P') PNG of ids"
+                f"{' (or use --label_nc 0 for RGB input)' if kind == 'label' else ''}."
+            )
+    else:
+        decode = DECODE_NATIVE if mode in _IMAGE_MODES_NATIVE.get(fmt, ()) else DECODE_PIL
+    return FileInfo(path, width, height, decode)
+
+
+def _read_npy_header(path: str, opts: Options) -> FileInfo:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        shape, dtype, fortran_order, offset = array.shape, array.dtype, np.isfortran(array), array.offset
+        del array
+    except Exception as e:  # truncated data raises ValueError, a bad header ValueError or OSError.
+        raise DatasetError(corrupt_message(path, e)) from e
+    if dtype != np.dtype("<f4") or (fortran_order and len(shape) > 1) or len(shape) != 3 or shape[2] != opts.feat_num:
+        raise DatasetError(
+            f"Feature map {path} is a {dtype} array of shape {shape}"
+            f"{' in Fortran order' if fortran_order else ''}; it must be a float32 (H, W, feat_num={opts.feat_num}) "
+            f"array: save it with np.save(path, np.ascontiguousarray(features, dtype=np.float32))."
+        )
+    return FileInfo(path, int(shape[1]), int(shape[0]), DECODE_NPY, offset)
+
+
+def _check_sizes(infos: dict[str, tuple[FileInfo, ...]]) -> None:
+    for kind, files in infos.items():
+        if kind == "label":
+            continue
+        for a, b in zip(infos["label"], files):
+            if (a.width, a.height) != (b.width, b.height):
+                raise DatasetError(
+                    f"{a.path} is {a.width}x{a.height} but {b.path} is {b.width}x{b.height}: the label, instance, "
+                    f"image and feature maps of a sample must have the same size; resize one of them."
+                )
+
+
+def _check_feature_format(feats: tuple[FileInfo, ...], opts: Options) -> None:
+    npy = [f for f in feats if f.decode == DECODE_NPY]
+    if npy and len(npy) != len(feats):
+        other = next(f for f in feats if f.decode != DECODE_NPY)
+        raise DatasetError(
+            f"Feature maps mix .npy ({npy[0].path}) and image files ({other.path}): store them all one way."
+        )
+    if not npy and opts.feat_num != 3:
+        raise DatasetError(
+            f"Feature map {feats[0].path} is an image, which holds 3 channels (as the official "
+            f"precompute_feature_maps.py writes), but --feat_num={opts.feat_num}: set --feat_num 3 or store "
+            f"float32 (H, W, {opts.feat_num}) .npy files."
+        )
