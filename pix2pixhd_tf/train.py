@@ -295,7 +295,7 @@ class TrainingLogger:
         fake = self.model.generate(sample)
         label = sample["label"].numpy()[0]
         if label.ndim == 2:
-            label_rgb = visualize.colorize_labels(label, palette=_palette(self.opts))
+            label_rgb = visualize.colorize_labels(label, palette=_palette(self.opts), label_nc=self.opts.label_nc)
         else:
             label_rgb = visualize.tensor_to_uint8(label)
         row = [label_rgb, visualize.tensor_to_uint8(fake.numpy()[0]), visualize.tensor_to_uint8(sample["image"].numpy()[0])]
