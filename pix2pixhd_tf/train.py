@@ -44,7 +44,7 @@ def set_precision_policy(opts: Options) -> None:
 
 
 def prepare_data(opts: Options) -> None:
-    """Write the built-in synthetic dataset when asked (--synthetic), then check the files up front."""
+    """Write the built-in synthetic dataset when asked (--synthetic); the Trainer checks the files up front."""
     if opts.synthetic:
         from pix2pixhd_tf.data.synthetic import LABEL_NC, ensure_synthetic_dataset
 
@@ -58,7 +58,6 @@ def prepare_data(opts: Options) -> None:
             width=opts.loadSize,
             seed=opts.seed,
         )
-    list_dataset_files(opts)
 
 
 class _StopRequested:
@@ -97,6 +96,7 @@ class TrainResult:
     global_step: int
     interrupted: bool
     losses: dict[str, float]
+    checkpoint_dir: str
 
 
 class Trainer:
@@ -123,6 +123,7 @@ class Trainer:
             self.position,
         )
         self._step_fn = None
+        self.files = list_dataset_files(opts)
 
     # ------------------------------------------------------------------ state
     def restore_or_initialise(self) -> None:
@@ -147,7 +148,7 @@ class Trainer:
         opts = self.opts.replace(seed=self.opts.seed * 100003 + epoch)
 
         def dataset_fn(input_context):
-            ds = build_dataset(opts, training=True, input_context=input_context)
+            ds = build_dataset(opts, training=True, input_context=input_context, files=self.files)
             if opts.steps_per_epoch:
                 ds = ds.take(opts.steps_per_epoch)
             return ds.skip(skip)
@@ -155,10 +156,9 @@ class Trainer:
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def steps_per_epoch(self) -> int:
-        files = list_dataset_files(self.opts)
-        steps = len(files) // self.opts.batchSize
+        steps = len(self.files) // self.opts.batchSize
         if steps == 0:
-            raise ValueError(f"--batchSize={self.opts.batchSize} is larger than the dataset ({len(files)} samples)")
+            raise ValueError(f"--batchSize={self.opts.batchSize} is larger than the dataset ({len(self.files)} samples)")
         return min(steps, self.opts.steps_per_epoch) if self.opts.steps_per_epoch else steps
 
     # ------------------------------------------------------------------ steps
@@ -228,8 +228,9 @@ class Trainer:
                 epoch += 1
             if interrupted:
                 self.save()
-        return TrainResult(self.model, int(self.position.epoch), int(self.position.global_step), interrupted,
-                           logger.last_losses)
+        return TrainResult(
+            self.model, int(self.position.epoch), int(self.position.global_step), interrupted, logger.last_losses, self.dir
+        )
 
 
 class TrainingLogger:

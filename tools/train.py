@@ -20,7 +20,7 @@ def main(argv):
     del argv
     result = train(options_from_flags())
     state = "interrupted" if result.interrupted else "finished"
-    print(f"Training {state} at epoch {result.epoch}, step {result.global_step}.")
+    print(f"Training {state} after {result.global_step} steps; checkpoints in {result.checkpoint_dir}.")
 
 
 if __name__ == "__main__":
