@@ -1,0 +1,705 @@
+"""Inference: a trained generator (+ encoder, + cluster bank) behind one small API.
+
+    synth = Synthesizer.from_checkpoint(opts)              # G, E and clusters.npz of opts.name
+    features = synth.sample_features(label, instance, seed=0, style=StyleSpec.load("red_car.json"))
+    image = synth.generate(label, instance, features)      # uint8 [H, W, 3]
+
+`tools/test.py` (`run_test`), the editor and the exporter use this; `style_report` is the issue's
+demonstration that k-means of the encoder's features recovers the synthetic dataset's car paints.
+
+Inputs are numpy arrays or tensors, one sample ([H, W] ids, [H, W, C] images) or a batch ([N, H, W],
+[N, H, W, C]); outputs follow the input (a batch in, a batch out). Label maps hold class ids (or, with
+--label_nc 0, the input image in [-1, 1]); instance maps Cityscapes-style ids; images are floats in
+[-1, 1] or uint8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pix2pixhd_tf import checkpoint as ckpt
+from pix2pixhd_tf import networks, visualize
+from pix2pixhd_tf.inputs import check_image_size, encode_input
+from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.styles import (
+    ClusterBank,
+    SeedLike,
+    StyleSpec,
+    apply_style,
+    classes_of,
+    collect_instance_features,
+    default_cluster_file,
+    mode_recovery,
+    sample_feature_map,
+)
+
+__all__ = [
+    "Synthesizer",
+    "TestResult",
+    "check_experiment_options",
+    "load_encoder",
+    "resolve_cluster_file",
+    "run_test",
+    "style_report",
+]
+
+_LOG = logging.getLogger(__name__)
+
+# Settings that change the networks' shapes: they must match the ones the checkpoint was trained with.
+_ARCH_FIELDS = (
+    "label_nc",
+    "input_nc",
+    "output_nc",
+    "netG",
+    "ngf",
+    "n_downsample_global",
+    "n_blocks_global",
+    "no_instance",
+    "instance_feat",
+    "label_feat",
+    "load_features",
+)
+_LOCAL_FIELDS = ("n_local_enhancers", "n_blocks_local")
+_FEATURE_FIELDS = ("feat_num",)
+_ENCODER_FIELDS = ("nef", "n_downsample_E")
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def check_experiment_options(opts: Options) -> None:
+    """Compare the architecture flags with the experiment's saved `options.json` (if there is one).
+
+    Raises:
+        ValueError: listing every flag that differs, e.g. "--ngf: trained with 32, given 64".
+    """
+    path = os.path.join(ckpt.experiment_dir(opts), "options.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    fields = list(_ARCH_FIELDS)
+    if opts.netG == "local":
+        fields += _LOCAL_FIELDS
+    if opts.use_features:
+        fields += _FEATURE_FIELDS
+    if opts.use_encoder:
+        fields += _ENCODER_FIELDS
+    diffs = [
+        f"--{name}: trained with {saved[name]!r}, given {getattr(opts, name)!r}"
+        for name in fields
+        if name in saved and saved[name] != getattr(opts, name)
+    ]
+    if diffs:
+        raise ValueError(
+            f"the flags differ from those {ckpt.experiment_dir(opts)} was trained with ({path}):\n  "
+            + "\n  ".join(diffs)
+            + "\nPass the training flags (e.g. the same --flagfile)."
+        )
+
+
+def _restore(opts: Options, which_epoch: str | None, **parts: keras.Model) -> str:
+    """Restore exactly `parts` (e.g. generator=G) from the experiment's checkpoint; other parts are skipped."""
+    base = ckpt.experiment_dir(opts)
+    which = which_epoch or opts.which_epoch
+    directory = ckpt.checkpoint_dir(base, which)
+    path = ckpt.find(directory)
+    if path is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {directory}: check --checkpoints_dir, --name and --which_epoch "
+            f"(checkpoints of {base}: {', '.join(ckpt.available_checkpoints(base)) or 'none'})"
+        )
+    status = tf.train.Checkpoint(**parts).read(path)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(
+            f"{path} lacks part of the {' and '.join(parts)} these flags build (was it trained with other "
+            f"--instance_feat/--label_feat/--load_features flags?): {str(e)[:500]}"
+        ) from e
+    status.expect_partial()
+    return path
+
+
+def load_encoder(opts: Options, *, which_epoch: str | None = None) -> keras.Model:
+    """The trained encoder E of the experiment.
+
+    Raises:
+        ValueError: the options build no encoder (no --instance_feat/--label_feat, or --load_features).
+        FileNotFoundError: no checkpoint.
+    """
+    encoder = networks.build_encoder(opts)
+    if encoder is None:
+        raise ValueError(
+            "these options build no encoder: it exists for --instance_feat or --label_feat models trained without "
+            "--load_features"
+        )
+    check_experiment_options(opts)
+    _restore(opts, which_epoch, encoder=encoder)
+    return encoder
+
+
+def resolve_cluster_file(opts: Options, cluster_file: str | None = None) -> tuple[str, bool]:
+    """(path, explicit): `cluster_file` if given, else `{checkpoints_dir}/{name}/clusters.npz`.
+
+    A relative `cluster_file` that does not exist as given is looked up in the experiment directory, as the
+    official code does with --cluster_path.
+    """
+    if not cluster_file:
+        return default_cluster_file(opts), False
+    if not os.path.isabs(cluster_file) and not os.path.exists(cluster_file):
+        beside = os.path.join(ckpt.experiment_dir(opts), cluster_file)
+        if os.path.exists(beside):
+            return beside, True
+    return cluster_file, True
+
+
+# ------------------------------------------------------------------------------------------ the wrapper
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
+
+
+class Synthesizer:
+    """G (+ E + cluster bank) of one experiment, for generating images from label and instance maps."""
+
+    def __init__(
+        self,
+        opts: Options,
+        generator: keras.Model,
+        encoder: keras.Model | None = None,
+        clusters: ClusterBank | None = None,
+        cluster_file: str | None = None,
+    ):
+        """
+        Args:
+            opts: the options the networks were built with (label_nc, no_instance, features ...).
+            generator, encoder: the networks (E only for models that encode features).
+            clusters: the cluster bank for sampling styles, if any.
+            cluster_file: where the bank was (or would have been) read, for messages.
+        """
+        if clusters is not None and (clusters.label_nc, clusters.feat_num) != (opts.label_nc, opts.feat_num):
+            raise ValueError(
+                f"the cluster bank has label_nc={clusters.label_nc}, feat_num={clusters.feat_num}; the model "
+                f"label_nc={opts.label_nc}, feat_num={opts.feat_num}"
+            )
+        self.opts = opts
+        self.generator = generator
+        self.encoder = encoder
+        self.clusters = clusters
+        self.cluster_file = cluster_file
+
+    @classmethod
+    def from_checkpoint(
+        cls, opts: Options, *, which_epoch: str | None = None, cluster_file: str | None = None
+    ) -> Synthesizer:
+        """Load G (and E) from `{checkpoints_dir}/{name}/{which_epoch}` and, for feature models, the clusters.
+
+        Args:
+            opts: the flags the experiment was trained with (checked against its options.json).
+            which_epoch: 'latest' or an epoch; default `opts.which_epoch`.
+            cluster_file: a cluster bank to use (our .npz, or the official pickled .npy); by default
+                `clusters.npz` beside the checkpoint, if it exists (sampling fails later if it does not).
+
+        Raises:
+            FileNotFoundError: no checkpoint, or an explicitly named cluster file is missing.
+            ValueError: flags differ from the trained ones; the bank does not fit the model.
+        """
+        check_experiment_options(opts)
+        generator = networks.build_generator(opts)
+        encoder = networks.build_encoder(opts)
+        parts = {"generator": generator}
+        if encoder is not None:
+            parts["encoder"] = encoder
+        _restore(opts, which_epoch, **parts)
+        bank, path = None, None
+        if opts.use_features:
+            path, explicit = resolve_cluster_file(opts, cluster_file)
+            if os.path.isfile(path):
+                bank = ClusterBank.load(path, label_nc=opts.label_nc, feat_num=opts.feat_num)
+            elif explicit:
+                raise FileNotFoundError(
+                    f"no cluster file {path} (nor in {ckpt.experiment_dir(opts)}): create one with "
+                    f"tools/encode_features.py, or fix --cluster_path"
+                )
+        return cls(opts, generator, encoder, bank, path)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def uses_features(self) -> bool:
+        """Whether G takes feat_num feature channels (--instance_feat / --label_feat)."""
+        return self.opts.use_features
+
+    @property
+    def size_multiple(self) -> int:
+        return getattr(self.generator, "size_multiple", 1)
+
+    # ---------------------------------------------------------------- inputs
+    def _batch(self, x: Any, spatial_ndim: int, what: str) -> tuple[np.ndarray, bool]:
+        x = _to_numpy(x)
+        if x.ndim == spatial_ndim:
+            return x[None], True
+        if x.ndim == spatial_ndim + 1:
+            return x, False
+        raise ValueError(
+            f"{what} must have {spatial_ndim} dimensions (one sample) or {spatial_ndim + 1} (a batch), "
+            f"got shape {x.shape}"
+        )
+
+    def _label(self, label: Any) -> tuple[np.ndarray, bool]:
+        if self.opts.label_nc == 0:
+            label, unbatched = self._batch(label, 3, "the input image (label_nc 0)")
+            return self._float_image(label), unbatched
+        label, unbatched = self._batch(label, 2, "the label map")
+        if not np.issubdtype(label.dtype, np.integer):
+            raise ValueError(f"the label map must hold integer class ids, got {label.dtype}")
+        return label.astype(np.int32), unbatched
+
+    def _ids(self, ids: Any, what: str) -> np.ndarray:
+        ids, _ = self._batch(ids, 2, what)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"the {what} must hold integer ids, got {ids.dtype}")
+        return ids.astype(np.int32)
+
+    @staticmethod
+    def _float_image(image: np.ndarray) -> np.ndarray:
+        if image.dtype == np.uint8:
+            return image.astype(np.float32) / 127.5 - 1.0
+        return image.astype(np.float32)
+
+    def _instance(self, instance: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        if self.opts.no_instance:
+            return None
+        if instance is None:
+            raise ValueError("this model was trained with instance maps (no --no_instance): pass the instance map")
+        instance = self._ids(instance, "instance map")
+        if instance.shape != shape:
+            raise ValueError(f"the instance map {instance.shape} and the label map {shape} differ in N, H, W")
+        return instance
+
+    def regions(self, label: Any, instance: Any) -> np.ndarray:
+        """The map features are pooled over: the instance map, or the label map with --label_feat ([N, H, W])."""
+        if self.opts.label_feat:
+            return self._ids(label, "label map")
+        if instance is None:
+            raise ValueError("an --instance_feat model pools features per instance: pass the instance map")
+        return self._ids(instance, "instance map")
+
+    # ---------------------------------------------------------------- features
+    def _require_features(self, what: str) -> None:
+        if not self.uses_features:
+            raise ValueError(
+                f"{what}: this model was trained without --instance_feat/--label_feat, so it takes no features"
+            )
+
+    def encode(self, image: Any, instance: Any, label: Any = None) -> np.ndarray:
+        """E's instance-pooled features of a real image (the paper's "encoded image" style).
+
+        Args:
+            image: [H, W, C] or [N, H, W, C], float in [-1, 1] or uint8.
+            instance: the instance map (ignored with --label_feat, which pools over `label`).
+            label: the label map (needed with --label_feat).
+
+        Returns:
+            float32 [(N,) H, W, feat_num].
+        """
+        self._require_features("encode")
+        if self.encoder is None:
+            raise ValueError(
+                "this model has no encoder (trained with --load_features): sample styles from a cluster bank "
+                "(sample_features) or pass feature maps"
+            )
+        image, unbatched = self._batch(image, 3, "the image")
+        if self.opts.label_feat and label is None:
+            raise ValueError("a --label_feat model pools features per label: pass the label map")
+        regions = self.regions(label, instance)
+        if regions.shape != image.shape[:3]:
+            raise ValueError(f"the image {image.shape} and the region map {regions.shape} differ in N, H, W")
+        image = check_image_size(self._float_image(image), 2**self.opts.n_downsample_E)
+        features = self.encoder([image, tf.constant(regions, tf.int32)], training=False).numpy()
+        return features[0] if unbatched else features
+
+    def sample_features(
+        self,
+        label: Any,
+        instance: Any,
+        *,
+        seed: SeedLike = None,
+        style: StyleSpec | None = None,
+        strict: bool = True,
+    ) -> np.ndarray:
+        """A cluster centre per instance, random (seeded) or as `style` says (see `styles.sample_feature_map`).
+
+        Returns:
+            float32 [(N,) H, W, feat_num].
+
+        Raises:
+            ValueError: no cluster bank for a region that needs sampling; a bad or (strict) unmatched spec entry.
+        """
+        self._require_features("sample_features")
+        unbatched = np.ndim(_to_numpy(label)) == (3 if self.opts.label_nc == 0 else 2)
+        regions = self.regions(label, instance)
+        if self.clusters is None:
+            style = style or StyleSpec()
+            unstyled = [int(r) for r in np.unique(regions) if not isinstance(style.style_for(r), tuple)]
+            if unstyled:
+                raise ValueError(
+                    f"no cluster bank: {self.cluster_file or 'none given'} does not exist, so regions "
+                    f"{', '.join(map(str, unstyled[:10]))}{' ...' if len(unstyled) > 10 else ''} cannot be styled. "
+                    "Run tools/encode_features.py for this experiment, pass --cluster_path, use "
+                    "--use_encoded_image, or give those regions explicit feature vectors"
+                )
+        features = sample_feature_map(
+            regions,
+            self.clusters,
+            feat_num=self.opts.feat_num,
+            label_nc=self.opts.label_nc,
+            seed=seed,
+            style=style,
+            strict=strict,
+        )
+        return features[0] if unbatched else features
+
+    def apply_style(
+        self, features: Any, label: Any, instance: Any, style: StyleSpec, *, strict: bool = True
+    ) -> np.ndarray:
+        """`features` with the regions named by `style` overwritten (e.g. on top of `encode`)."""
+        self._require_features("apply_style")
+        features = _to_numpy(features)
+        regions = self.regions(label, instance)
+        batch = features if features.ndim == 4 else features[None]
+        out = apply_style(batch, regions, style, bank=self.clusters, label_nc=self.opts.label_nc, strict=strict)
+        return out if features.ndim == 4 else out[0]
+
+    # ---------------------------------------------------------------- generation
+    def generate_float(
+        self,
+        label: Any,
+        instance: Any = None,
+        features: Any = None,
+        *,
+        seed: SeedLike = None,
+        style: StyleSpec | None = None,
+    ) -> np.ndarray:
+        """G's output in [-1, 1], float32 [(N,) H, W, output_nc]; see `generate`."""
+        label_b, unbatched = self._label(label)
+        instance_b = self._instance(instance, label_b.shape[:3])
+        input_map = encode_input(label_b, instance_b, label_nc=self.opts.label_nc, input_nc=self.opts.input_nc)
+        input_map = check_image_size(input_map, self.size_multiple)
+        if self.uses_features:
+            if features is None:
+                features = self.sample_features(label_b, instance_b, seed=seed, style=style)
+            elif style is not None:
+                raise ValueError("pass either features or a style (apply a style to features with apply_style)")
+            features = _to_numpy(features).astype(np.float32)
+            if features.ndim == 3:
+                features = features[None]
+            expected = (*input_map.shape[:3], self.opts.feat_num)
+            if features.shape != expected:
+                raise ValueError(
+                    f"features have shape {features.shape}; this model needs {expected} (N, H, W, feat_num)"
+                )
+            input_map = tf.concat([input_map, features], axis=-1)
+        elif features is not None or style is not None:
+            self._require_features("generate with features or a style")
+        output = self.generator(input_map, training=False)
+        output = tf.cast(output, tf.float32).numpy()
+        return output[0] if unbatched else output
+
+    def generate(
+        self,
+        label: Any,
+        instance: Any = None,
+        features: Any = None,
+        *,
+        seed: SeedLike = None,
+        style: StyleSpec | None = None,
+    ) -> np.ndarray:
+        """The synthesised image, uint8 [(N,) H, W, output_nc].
+
+        Args:
+            label: class ids [(N,) H, W] (label_nc 0: the input image [(N,) H, W, input_nc]).
+            instance: instance ids (required unless the model was trained with --no_instance).
+            features: [(N,) H, W, feat_num] for feature models (from `encode`, `sample_features` or your
+                own); when None, styles are sampled from the cluster bank with `seed` and `style`.
+
+        Raises:
+            ValueError: sizes not multiples of the generator's `size_multiple`, missing instance map, label ids
+                out of range (tf.errors.InvalidArgumentError), features for a model without them, or a wrong shape.
+        """
+        return visualize.tensor_to_uint8(self.generate_float(label, instance, features, seed=seed, style=style))
+
+    def class_variants(
+        self, label: Any, instance: Any, class_id: int, *, seed: SeedLike = 0
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """One image per cluster of `class_id`: all its instances get centre k, everything else one fixed sample.
+
+        Returns:
+            (uint8 images [H, W, C], one per cluster in index order; the bool mask [H, W] of the class's regions).
+        """
+        self._require_features("class_variants")
+        if self.clusters is None:
+            raise ValueError(f"class_variants needs a cluster bank ({self.cluster_file or 'none'} does not exist)")
+        count = int(self.clusters.counts[self.clusters._check_class(class_id)])
+        if count == 0:
+            raise ValueError(f"class {class_id} has no clusters ({self.clusters.describe()})")
+        label_b, _ = self._label(label)
+        instance_b = None if instance is None else self._ids(instance, "instance map")
+        regions = self.regions(label_b, instance_b)
+        if len(regions) != 1:
+            raise ValueError(f"class_variants takes one sample, got a batch of {len(regions)}")
+        mask = classes_of(regions) == class_id
+        if not mask.any():
+            present = sorted(set(classes_of(regions).tolist()))
+            raise ValueError(f"class {class_id} does not occur in the map; classes present: {present}")
+        base = self.sample_features(label_b, instance_b, seed=seed)
+        images = []
+        for k in range(count):
+            features = base.copy()
+            features[mask] = self.clusters.centers[class_id, k]
+            images.append(self.generate(label_b, instance_b, features)[0])
+        mask = mask[0]
+        return images, mask
+
+
+# ------------------------------------------------------------------------------------------ tools/test.py
+
+
+@dataclasses.dataclass
+class TestResult:
+    web_dir: str  # {results_dir}/{name}/{phase}_{which_epoch}
+    index_html: str
+    rows: list[dict[str, str]]  # per image: name and label/generated/real paths relative to web_dir
+    unmatched_style: tuple[list[int], list[int]]  # spec instance/class ids that matched no image
+
+
+def _label_visual(label: np.ndarray, opts: Options) -> np.ndarray:
+    if opts.label_nc == 0:
+        return visualize.tensor_to_uint8(label)
+    return visualize.colorize_labels(label, label_nc=opts.label_nc)
+
+
+def run_test(
+    opts: Options,
+    *,
+    style: StyleSpec | None = None,
+    seed: int = 0,
+    cluster_file: str | None = None,
+    progress: bool = True,
+) -> TestResult:
+    """The official test.py: synthesise the first `how_many` samples of `{dataroot}/{phase}_label` (+ inst).
+
+    Writes `{results_dir}/{name}/{phase}_{which_epoch}/images/NAME_{input_label,synthesized_image,real_image}.png`
+    (real_image when `{phase}_img` exists) and `index.html` there (label | generated | real).
+
+    Feature models: each instance gets a cluster of its class, sampled with (seed, image index), then
+    `style` overrides; with `opts.use_encoded_image` E encodes the real image instead (and `style` still
+    overrides). Spec entries are matched per image; entries that match no image are reported (logged).
+
+    Raises:
+        ValueError: a style or --use_encoded_image for a model without features, a bad spec, ...
+    """
+    from tqdm import tqdm
+
+    from pix2pixhd_tf.data.dataset import build_dataset, list_dataset_files
+
+    synth = Synthesizer.from_checkpoint(opts, cluster_file=cluster_file)
+    if style and not synth.uses_features:
+        raise ValueError(
+            "--style_spec: this model was trained without --instance_feat/--label_feat, so it has no styles"
+        )
+    if opts.use_encoded_image and not synth.uses_features:
+        raise ValueError("--use_encoded_image: this model was trained without --instance_feat/--label_feat")
+    if style:
+        style.validate(label_nc=opts.label_nc, feat_num=opts.feat_num, bank=synth.clusters)
+
+    test_opts = opts.replace(batchSize=1, serial_batches=True, no_flip=True, load_features=False)
+    files = list_dataset_files(test_opts, require_images=opts.use_encoded_image)
+    dataset = build_dataset(test_opts, training=False, with_paths=True, files=files)
+    web_dir = os.path.join(opts.results_dir, opts.name, f"{opts.phase}_{opts.which_epoch}")
+    image_dir = os.path.join(web_dir, "images")
+    rows, seen = [], []
+    total = min(opts.how_many, len(files))
+    for i, batch in enumerate(tqdm(dataset.take(opts.how_many), total=total, desc="test", disable=not progress)):
+        label = batch["label"].numpy()
+        instance = batch["instance"].numpy() if "instance" in batch else None
+        features = None
+        if synth.uses_features:
+            regions = synth.regions(label, instance)
+            seen.append(np.unique(regions))
+            if opts.use_encoded_image:
+                features = synth.encode(batch["image"], instance, label)
+                if style:
+                    features = synth.apply_style(features, label, instance, style, strict=False)
+            else:
+                features = synth.sample_features(label, instance, seed=(seed, i), style=style, strict=False)
+        generated = synth.generate(label, instance, features)
+        name = os.path.splitext(os.path.basename(batch["path"][0].numpy().decode()))[0]
+        row = {"name": name}
+        visuals = {
+            "label": ("input_label", _label_visual(label[0], opts)),
+            "generated": ("synthesized_image", generated[0]),
+        }
+        if "image" in batch:
+            visuals["real"] = ("real_image", visualize.tensor_to_uint8(batch["image"][0]))
+        for column, (suffix, array) in visuals.items():
+            filename = f"{name}_{suffix}.png"
+            visualize.save_image(os.path.join(image_dir, filename), array)
+            row[column] = f"images/{filename}"
+        rows.append(row)
+    index = os.path.join(web_dir, "index.html")
+    title = f"Experiment = {opts.name}, Phase = {opts.phase}, Epoch = {opts.which_epoch}"
+    visualize.write_html_index(index, title, rows)
+    unmatched = ([], [])
+    if style and seen:
+        unmatched = style.unmatched(np.concatenate(seen))
+        if unmatched[0] or unmatched[1]:
+            present = np.unique(np.concatenate(seen))
+            _LOG.warning(
+                "style spec entries matched no image: instances %s, classes %s (instances seen: %s)",
+                unmatched[0],
+                unmatched[1],
+                ", ".join(map(str, present[:50])),
+            )
+    return TestResult(web_dir, index, rows, unmatched)
+
+
+# ------------------------------------------------------------------------------------------ the style report
+
+
+def _scene_modes(meta: dict[str, Any], phase: str) -> dict[str, dict[int, int]]:
+    scenes = meta.get("scenes", {}).get(phase)
+    if scenes is None:
+        raise ValueError(f"meta.json has no scenes for phase {phase!r}: is it the synthetic dataset's meta.json?")
+    return {s["name"]: {int(i["id"]): int(i["mode"]) for i in s["instances"]} for s in scenes}
+
+
+def _nearest_mode(colour: np.ndarray, mode_rgbs: np.ndarray) -> int:
+    return int(((mode_rgbs - colour[None]) ** 2).sum(-1).argmin())
+
+
+def style_report(
+    opts: Options,
+    meta: dict[str, Any] | str,
+    *,
+    class_id: int = 8,
+    which_epoch: str | None = None,
+    cluster_file: str | None = None,
+    output_dir: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Do the clusters of a trained feature model recover the synthetic dataset's appearance modes?
+
+    1. E encodes the training scenes; every kept instance of `class_id` (default 8, car) is assigned to the
+       nearest centre of the cluster bank and compared with its ground-truth mode from meta.json
+       (`styles.mode_recovery`: purity, NMI, modes found vs present).
+    2. On the test scene with the most `class_id` pixels, G renders one variant per cluster (all instances
+       of the class get that centre; everything else one fixed sample): `variants.png`, a strip of
+       label | real | cluster 0 | cluster 1 | ...; the median colour of the class's pixels in each variant
+       is matched to the nearest mode colour ("rendered modes": does G actually paint what E encodes?).
+
+    Writes `report.json` and `variants.png` to `output_dir` (default `{results_dir}/{name}/style_report`).
+
+    Args:
+        opts: the trained local_feat experiment's flags.
+        meta: the dataset's meta.json (path or loaded dict).
+        class_id: the class to study.
+
+    Returns:
+        The report (also in report.json).
+    """
+    from pix2pixhd_tf.data.dataset import build_dataset
+
+    if isinstance(meta, str):
+        with open(meta) as f:
+            meta = json.load(f)
+    class_names = meta.get("class_names", [])
+    class_name = class_names[class_id] if class_id < len(class_names) else str(class_id)
+    mode_list = meta.get("modes", {}).get(class_name, [])
+    mode_names = [m["name"] for m in mode_list]
+    mode_rgbs = np.array([m["rgb"] for m in mode_list], np.float32).reshape(-1, 3)
+
+    synth = Synthesizer.from_checkpoint(opts, which_epoch=which_epoch, cluster_file=cluster_file)
+    if synth.clusters is None:
+        raise FileNotFoundError(f"no cluster bank at {synth.cluster_file}: run tools/encode_features.py first")
+    if synth.clusters.counts[class_id] == 0:
+        raise ValueError(f"class {class_id} ({class_name}) has no clusters in {synth.cluster_file}")
+
+    # 1. Clusters vs ground-truth modes on the training scenes.
+    features = collect_instance_features(opts, synth.encoder, phase="train", progress=progress)
+    truth = _scene_modes(meta, "train")
+    rows = np.flatnonzero(features.kept & (features.classes == class_id))
+    modes = []
+    for r in rows:
+        scene = os.path.basename(features.paths[features.image_index[r]])
+        instance_id = int(features.region_ids[r])
+        if scene not in truth or instance_id not in truth[scene]:
+            raise ValueError(
+                f"meta.json does not describe instance {instance_id} of {scene}: is --dataroot the synthetic "
+                "dataset this meta.json belongs to?"
+            )
+        modes.append(truth[scene][instance_id])
+    assignments = synth.clusters.assign(class_id, features.features[rows]) if len(rows) else np.zeros(0, int)
+    recovery = mode_recovery(assignments, np.asarray(modes, int), mode_names)
+
+    # 2. The variant strip on the test scene with most pixels of the class.
+    test_opts = opts.replace(batchSize=1, serial_batches=True, no_flip=True, load_features=False)
+    best, best_pixels = None, 0
+    for batch in build_dataset(test_opts, phase="test", training=False, with_paths=True):
+        regions = synth.regions(batch["label"].numpy(), batch["instance"].numpy() if "instance" in batch else None)
+        pixels = int((classes_of(regions) == class_id).sum())
+        if pixels > best_pixels:
+            best, best_pixels = batch, pixels
+    if best is None:
+        raise ValueError(f"no test scene contains class {class_id} ({class_name})")
+    label = best["label"].numpy()
+    instance = best["instance"].numpy() if "instance" in best else None
+    variants, mask = synth.class_variants(label, instance, class_id, seed=seed)
+    rendered = []
+    for k, image in enumerate(variants):
+        colour = np.median(image[mask].reshape(-1, image.shape[-1])[:, :3].astype(np.float32), axis=0)
+        mode = _nearest_mode(colour, mode_rgbs) if len(mode_rgbs) else -1
+        rendered.append(
+            {
+                "cluster": k,
+                "median_rgb": colour.round().astype(int).tolist(),
+                "nearest_mode": mode,
+                "nearest_mode_name": mode_names[mode] if mode >= 0 else "",
+            }
+        )
+    cells = [_label_visual(label[0], opts)]
+    if "image" in best:
+        cells.append(visualize.tensor_to_uint8(best["image"][0]))
+    strip = visualize.image_grid([cells + variants])
+
+    output_dir = output_dir or os.path.join(opts.results_dir, opts.name, "style_report")
+    strip_path = os.path.join(output_dir, "variants.png")
+    visualize.save_image(strip_path, strip)
+    report = {
+        "class_id": class_id,
+        "class_name": class_name,
+        "clusters": int(synth.clusters.counts[class_id]),
+        "cluster_file": synth.cluster_file,
+        "recovery": recovery.to_dict(),
+        "modes_present": len(recovery.modes_present),
+        "modes_found": len(recovery.modes_found),
+        "purity": recovery.purity,
+        "strip_scene": os.path.basename(best["path"][0].numpy().decode()),
+        "rendered": rendered,
+        "modes_rendered": len({r["nearest_mode"] for r in rendered}),
+        "variants_png": strip_path,
+        "summary": recovery.summary(),
+    }
+    with open(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report

@@ -1,0 +1,31 @@
+"""Encode the training set with the trained feature encoder and cluster the features per class (paper §3.4).
+
+    python tools/encode_features.py --flagfile=configs/local_feat.cfg
+
+Writes `{checkpoints_dir}/{name}/clusters.npz` (or --clusters_out), which tools/test.py, the editor and
+the exporter sample styles from. Instances larger than h*w/64 pixels are clustered by k-means per class,
+--n_clusters per class at most (see `pix2pixhd_tf/styles.py` for the file format and the official rules).
+"""
+
+from absl import app, flags
+
+from pix2pixhd_tf.flags import define_flags, options_from_flags
+from pix2pixhd_tf.styles import default_cluster_file, encode_features
+
+define_flags()
+flags.DEFINE_string(
+    "clusters_out", "", "Where to write the cluster bank (default {checkpoints_dir}/{name}/clusters.npz)."
+)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    opts = options_from_flags()
+    bank = encode_features(opts)
+    path = bank.save(FLAGS.clusters_out or default_cluster_file(opts))
+    print(f"{bank.describe()}\nsaved to {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
