@@ -82,8 +82,9 @@ def find(directory: str) -> str | None:
     return None
 
 
-def restore(checkpoint: tf.train.Checkpoint, directory: str, *, partial: bool = False) -> str:
-    """Restore `checkpoint` from `directory`. partial=True allows parts the caller did not ask for."""
+def restore(checkpoint: tf.train.Checkpoint, directory: str) -> str:
+    """Restore every object of `checkpoint` from `directory`; extra saved objects (e.g. optimizers when
+    only G is wanted) are ignored, missing ones are an error rather than silently random weights."""
     path = find(directory)
     if path is None:
         raise FileNotFoundError(
@@ -91,10 +92,14 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str, *, partial: bool = 
             f"(available: {', '.join(available_checkpoints(os.path.dirname(directory))) or 'none'})"
         )
     status = checkpoint.read(path)
-    if partial:
-        status.expect_partial()
-    else:
+    try:
         status.assert_existing_objects_matched()
+    except AssertionError as err:
+        raise ValueError(
+            f"the checkpoint {path} does not hold everything these options build ({err}); check that "
+            "--netG, --instance_feat/--label_feat and the network sizes match the ones it was trained with"
+        ) from None
+    status.expect_partial()
     return path
 
 
@@ -125,7 +130,7 @@ def load_networks(
     E = networks.build_encoder(opts)
     D = networks.build_discriminator(opts) if discriminator else None
     directory = checkpoint_dir(experiment_dir(opts), which_epoch or opts.which_epoch)
-    restore(make_checkpoint(G, D, E), directory, partial=True)
+    restore(make_checkpoint(G, D, E), directory)
     return G, D, E
 
 
@@ -139,7 +144,7 @@ def load_pretrained_global(generator: keras.Model, opts: Options) -> None:
     if opts.netG == "local":
         source_opts = opts.replace(netG="global", ngf=opts.ngf * 2**opts.n_local_enhancers)
     source = networks.build_generator(source_opts)
-    path = restore(make_checkpoint(source), checkpoint_dir(opts.load_pretrain, opts.which_epoch), partial=True)
+    path = restore(make_checkpoint(source), checkpoint_dir(opts.load_pretrain, opts.which_epoch))
     target_layers = {layer.name: layer for layer in generator.layers if layer.weights}
     copied = 0
     for layer in source.layers:

@@ -113,7 +113,7 @@ class Trainer:
         with self.strategy.scope():
             self.model = Pix2PixHD.from_options(opts, vgg=vgg)
             self.model.compile(*make_optimizers(opts))
-            self.position = ckpt.TrainingPosition()
+        self.position = ckpt.TrainingPosition()  # host-side counters: plain, not mirrored, variables
         self.checkpoint = ckpt.make_checkpoint(
             self.model.generator,
             self.model.discriminator,
@@ -129,7 +129,7 @@ class Trainer:
     def restore_or_initialise(self) -> None:
         opts = self.opts
         if opts.continue_train:
-            path = ckpt.restore(self.checkpoint, ckpt.checkpoint_dir(self.dir, opts.which_epoch), partial=True)
+            path = ckpt.restore(self.checkpoint, ckpt.checkpoint_dir(self.dir, opts.which_epoch))
             print(f"Resuming from {path} at epoch {int(self.position.epoch)}, step {int(self.position.step_in_epoch)}")
         elif opts.load_pretrain:
             ckpt.load_pretrained_global(self.model.generator, opts)
@@ -272,10 +272,11 @@ class TrainingLogger:
                 self.bar.update(first)
 
     def step(self, global_step: int, step_in_epoch: int, batch, strategy) -> None:
-        if not self.enabled:
-            return
+        # Reading a metric all-reduces it under MultiWorkerMirroredStrategy: every worker must do it.
         losses = {name: float(t.result()) for name, t in self.model.trackers.items()}
         self.last_losses = losses
+        if not self.enabled:
+            return
         self.bar.update(step_in_epoch, list(losses.items()))
         if self.sample is None:
             self.sample = _first_replica(batch, strategy)
