@@ -498,3 +498,47 @@ def convert_checkpoint(
     elif opts.use_encoder:
         _LOG.warning("No %s: the encoder is not converted (feature sampling from clusters still works).", path("E"))
     return generator, discriminator, encoder
+
+
+def save_converted(
+    opts: Options,
+    generator: keras.Model,
+    discriminator: keras.Model | None,
+    encoder: keras.Model | None,
+    clusters: Mapping[int, np.ndarray] | None = None,
+) -> str:
+    """Write converted networks as a checkpoint of ours under checkpoints_dir/name (+ clusters.npz).
+
+    The checkpoint has the full training layout (fresh optimizers, epoch 1), so `tools/train.py
+    --continue_train` fine-tunes it and `tools/test.py` / `tools/export.py` read it with the same flags.
+    A missing D starts from random weights. Refuses to overwrite an existing experiment, and writes
+    atomically, so a failure leaves nothing half-written.
+
+    Returns:
+        The experiment directory.
+    """
+    from pix2pixhd_tf import checkpoint as ckpt
+    from pix2pixhd_tf.model import make_optimizers
+    from pix2pixhd_tf.styles import ClusterBank, default_cluster_file
+
+    base = ckpt.experiment_dir(opts)
+    if ckpt.available_checkpoints(base):
+        raise FileExistsError(f"{base} already holds checkpoints; choose another --name or remove it")
+    bank = None
+    if clusters is not None:
+        bank = ClusterBank.from_clusters(dict(clusters), label_nc=opts.label_nc, feat_num=opts.feat_num)
+    if discriminator is None:
+        _LOG.warning("No net_D: the discriminator starts from random weights if you fine-tune.")
+        discriminator = build_discriminator(opts)
+    g_optimizer, d_optimizer = make_optimizers(opts)
+    g_variables = list(generator.trainable_variables) + (list(encoder.trainable_variables) if encoder else [])
+    g_optimizer.build(g_variables)  # same variable order as Pix2PixHD.all_generator_variables
+    d_optimizer.build(discriminator.trainable_variables)
+    checkpoint = ckpt.make_checkpoint(
+        generator, discriminator, encoder, g_optimizer, d_optimizer, ckpt.TrainingPosition()
+    )
+    ckpt.save(checkpoint, ckpt.checkpoint_dir(base, ckpt.LATEST))
+    ckpt.save_options(opts, base)
+    if bank is not None:
+        bank.save(default_cluster_file(opts))
+    return base

@@ -108,25 +108,8 @@ def check_experiment_options(opts: Options) -> None:
 
 def _restore(opts: Options, which_epoch: str | None, **parts: keras.Model) -> str:
     """Restore exactly `parts` (e.g. generator=G) from the experiment's checkpoint; other parts are skipped."""
-    base = ckpt.experiment_dir(opts)
-    which = which_epoch or opts.which_epoch
-    directory = ckpt.checkpoint_dir(base, which)
-    path = ckpt.find(directory)
-    if path is None:
-        raise FileNotFoundError(
-            f"no checkpoint in {directory}: check --checkpoints_dir, --name and --which_epoch "
-            f"(checkpoints of {base}: {', '.join(ckpt.available_checkpoints(base)) or 'none'})"
-        )
-    status = tf.train.Checkpoint(**parts).read(path)
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ValueError(
-            f"{path} lacks part of the {' and '.join(parts)} these flags build (was it trained with other "
-            f"--instance_feat/--label_feat/--load_features flags?): {str(e)[:500]}"
-        ) from e
-    status.expect_partial()
-    return path
+    directory = ckpt.checkpoint_dir(ckpt.experiment_dir(opts), which_epoch or opts.which_epoch)
+    return ckpt.restore(tf.train.Checkpoint(**parts), directory)
 
 
 def load_encoder(opts: Options, *, which_epoch: str | None = None) -> keras.Model:

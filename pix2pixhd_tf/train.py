@@ -123,7 +123,7 @@ class Trainer:
             self.position,
         )
         self._step_fn = None
-        self.files = list_dataset_files(opts)
+        self._files = None
 
     # ------------------------------------------------------------------ state
     def restore_or_initialise(self) -> None:
@@ -143,6 +143,13 @@ class Trainer:
             shutil.rmtree(self.write_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ data
+    @property
+    def files(self):
+        """The dataset's files, listed and checked once (missing, unpaired or corrupt files fail here)."""
+        if self._files is None:
+            self._files = list_dataset_files(self.opts)
+        return self._files
+
     def epoch_dataset(self, epoch: int, skip: int):
         """The distributed batches of `epoch`, seeded by (seed, epoch), with the first `skip` steps dropped."""
         opts = self.opts.replace(seed=self.opts.seed * 100003 + epoch)
@@ -194,8 +201,8 @@ class Trainer:
         opts = self.opts
         if self.is_chief:
             ckpt.save_options(opts, self.dir)
-        logger = TrainingLogger(opts, self.model, self.dir, enabled=self.is_chief)
         steps_per_epoch = self.steps_per_epoch()
+        logger = TrainingLogger(opts, self.model, self.dir, enabled=self.is_chief)
         stop = _StopRequested()
         done = 0
         interrupted = False

@@ -18,7 +18,11 @@ from pix2pixhd_tf.convert import (  # noqa: E402
     convert_state_dict,
     load_official_clusters,
     load_torch_state_dict,
+    save_converted,
 )
+from pix2pixhd_tf import checkpoint as ckpt  # noqa: E402
+from pix2pixhd_tf.styles import ClusterBank, default_cluster_file  # noqa: E402
+from pix2pixhd_tf.train import Trainer  # noqa: E402
 from pix2pixhd_tf.options import Options  # noqa: E402
 from tests import torch_reference as ref  # noqa: E402
 
@@ -203,24 +207,40 @@ def _load_cli():
     return module
 
 
-def test_cli_converts_and_hands_over_to_save_converted(tmp_path, monkeypatch):
+def test_cli_writes_a_checkpoint_that_test_and_train_accept(tmp_path):
     torch.manual_seed(0)
-    opts = Options(**BASE)
-    torch.save(_torch_G(opts).state_dict(), tmp_path / "latest_net_G.pth")
-    np.save(tmp_path / "clusters.npy", {1: np.zeros((2, 3))})
+    opts = Options(**BASE, checkpoints_dir=str(tmp_path / "ours"), name="converted")
+    torch_G = _torch_G(opts)
+    torch.save(torch_G.state_dict(), tmp_path / "latest_net_G.pth")
+    np.save(tmp_path / "clusters.npy", {1: np.arange(6, dtype=np.float32).reshape(2, 3)})
     flagfile = tmp_path / "official.cfg"
     flagfile.write_text("".join(f"--{k}={v}\n" for k, v in BASE.items()))
 
     cli = _load_cli()
-    with pytest.raises(NotImplementedError, match="training issue"):
-        cli.save_converted(opts, None, None, None, None)
-    saved = {}
-    monkeypatch.setattr(cli, "save_converted", lambda *args: saved.update(args=args))
     argv = ["convert_checkpoint", f"--flagfile={flagfile}", f"--torch_checkpoint_dir={tmp_path}",
-            f"--clusters_file={tmp_path / 'clusters.npy'}"]  # fmt: skip
+            f"--clusters_file={tmp_path / 'clusters.npy'}", f"--checkpoints_dir={opts.checkpoints_dir}",
+            "--name=converted"]  # fmt: skip
     try:
         cli.main(cli.FLAGS(argv))
     finally:
         cli.FLAGS.unparse_flags()
-    opts_seen, G, D, E, clusters = saved["args"]
-    assert opts_seen.ngf == 8 and G.name == "G" and D is None and E is None and list(clusters) == [1]
+
+    # Inference reads G back and reproduces PyTorch.
+    G, _, _ = ckpt.load_networks(opts)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 16, 24, opts.generator_input_nc)).astype("float32")
+    with torch.no_grad():
+        expected = torch_G(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(G(x), expected, rtol=0, atol=ATOL)
+    bank = ClusterBank.load(default_cluster_file(opts))
+    np.testing.assert_array_equal(bank.center(1, 1), [3, 4, 5])
+
+    # Training resumes from it (fresh optimizers, epoch 1) with the same flags.
+    trainer = Trainer(opts.replace(continue_train=True, no_vgg_loss=True))
+    trainer.restore_or_initialise()
+    assert int(trainer.position.epoch) == 1
+    np.testing.assert_allclose(trainer.model.generator(x), expected, rtol=0, atol=ATOL)
+
+    # Converting again over it is refused, and leaves the first checkpoint intact.
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        save_converted(opts, G, None, None)
+    assert ckpt.available_checkpoints(ckpt.experiment_dir(opts)) == ["latest"]

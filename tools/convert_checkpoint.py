@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from pix2pixhd_tf.convert import convert_checkpoint, load_official_clusters
+from pix2pixhd_tf.convert import convert_checkpoint, load_official_clusters, save_converted
 from pix2pixhd_tf.flags import define_flags, options_from_flags
-from pix2pixhd_tf.options import Options
 
 define_flags()
 flags.DEFINE_string(
@@ -30,12 +29,6 @@ flags.DEFINE_string(
     "pass only files you trust.",
 )
 FLAGS = flags.FLAGS
-
-
-def save_converted(opts: Options, G, D, E, clusters) -> None:
-    """Write the converted networks (and cluster bank) as a checkpoint of ours under checkpoints_dir/name."""
-    # TODO(training issue): wire to the checkpoint writer once the checkpoint format exists.
-    raise NotImplementedError("checkpoint writing lands with the training issue")
 
 
 def main(argv: list[str]) -> None:
@@ -53,7 +46,7 @@ def main(argv: list[str]) -> None:
         ", E" if E is not None else "",
         f", clusters for {len(clusters)} labels" if clusters is not None else "",
     )
-    save_converted(opts, G, D, E, clusters)
+    print(f"Wrote {save_converted(opts, G, D, E, clusters)}")
 
 
 if __name__ == "__main__":
