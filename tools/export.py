@@ -1,0 +1,51 @@
+"""Export a trained model for TF Serving (a versioned SavedModel) and, optionally, TFLite.
+
+    python tools/export.py --flagfile=configs/local_feat.cfg --export_dir=exported/label2city
+    python tools/export.py --flagfile=configs/cityscapes_512p.cfg --export_dir=/models/pix2pixhd \\
+        --tflite_size=256x512 --tflite_variants=float32,float16,dynamic_range
+
+Pass the flags the experiment was trained with (checked against its options.json). Writes
+`{export_dir}/{version}/` (the next free integer version unless --version is given) with the signatures
+`serving_default` (label/instance int32 maps -> uint8 image), `serving_png` (PNG bytes in and out) and,
+for feature models, `generate_with_seed`, `generate_with_features` and `encode`; `assets.extra/README.md`
+in the version lists them. Feature models embed `{checkpoints_dir}/{name}/clusters.npz` (or --cluster_path)
+to sample styles in-graph; without one they use zero features and say so. TFLite files (fixed size,
+batch 1, generator only) go to `{export_dir}/tflite/{version}/`. See export/README.md for serving.
+"""
+
+from absl import app, flags
+
+from pix2pixhd_tf.export import TFLITE_VARIANTS, export_model, parse_size
+from pix2pixhd_tf.flags import define_flags, options_from_flags
+
+define_flags()
+flags.DEFINE_string("export_dir", None, "The model's base path for TF Serving: versions go to export_dir/<version>/.")
+flags.DEFINE_integer("version", None, "Version number to write (default: the next free one; never overwrites).")
+flags.DEFINE_string("tflite_size", "", "Also write TFLite models at this HEIGHTxWIDTH (e.g. 256x512); '' = none.")
+flags.DEFINE_list("tflite_variants", list(TFLITE_VARIANTS), f"TFLite variants: any of {', '.join(TFLITE_VARIANTS)}.")
+flags.mark_flag_as_required("export_dir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    opts = options_from_flags()
+    result = export_model(
+        opts,
+        FLAGS.export_dir,
+        version=FLAGS.version,
+        cluster_file=FLAGS.cluster_path if FLAGS["cluster_path"].present else None,
+        tflite_size=parse_size(FLAGS.tflite_size) if FLAGS.tflite_size else None,
+        tflite_variants=FLAGS.tflite_variants,
+    )
+    print(f"SavedModel: {result['saved_model']}")
+    if result["cluster_bank"]:
+        print(f"cluster bank: {result['cluster_bank']}")
+    elif opts.use_features:
+        print("no cluster bank: sampled styles use zero features (see assets.extra/README.md in the version)")
+    for variant, path in result["tflite"].items():
+        print(f"TFLite {variant}: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
