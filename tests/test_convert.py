@@ -244,3 +244,35 @@ def test_cli_writes_a_checkpoint_that_test_and_train_accept(tmp_path):
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         save_converted(opts, G, None, None)
     assert ckpt.available_checkpoints(ckpt.experiment_dir(opts)) == ["latest"]
+
+
+@pytest.mark.slow
+def test_converted_local_checkpoint_exports_and_serves_the_pytorch_image(tmp_path):
+    """Official .pth -> our checkpoint -> SavedModel: serving_default gives PyTorch's image within one level."""
+    import tensorflow as tf
+
+    from pix2pixhd_tf.export import export_saved_model
+    from pix2pixhd_tf.inputs import encode_input
+
+    torch.manual_seed(1)
+    opts = Options(**BASE, netG="local", n_local_enhancers=1, n_blocks_local=1,
+                   checkpoints_dir=str(tmp_path / "ours"), name="local")  # fmt: skip
+    torch_G = _torch_G(opts)
+    torch.save(torch_G.state_dict(), tmp_path / "latest_net_G.pth")
+    G, D, E = convert_checkpoint(opts, tmp_path)
+    save_converted(opts, G, D, E)
+    version_dir = export_saved_model(opts, str(tmp_path / "export"))
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, opts.label_nc, (2, 32, 48)).astype(np.int32)
+    instance = (label * 1000 + rng.integers(0, 2, label.shape)).astype(np.int32)
+    served = tf.saved_model.load(version_dir).signatures["serving_default"](
+        label=tf.constant(label), instance=tf.constant(instance)
+    )["image"].numpy()
+
+    x = encode_input(label, instance, label_nc=opts.label_nc).numpy()
+    with torch.no_grad():
+        expected = torch_G(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    expected_uint8 = np.clip(np.round((expected + 1.0) * 127.5), 0, 255)
+    assert served.dtype == np.uint8 and served.shape == (2, 32, 48, 3)
+    assert np.abs(served.astype(np.int32) - expected_uint8.astype(np.int32)).max() <= 1
