@@ -25,6 +25,13 @@ def check_label_range(label: tf.Tensor, label_nc: int) -> tf.Tensor:
         return tf.identity(label)
 
 
+def check_map_rank(t: tf.Tensor, what: str) -> None:
+    """Raise unless `t` is an [N, H, W] id map: an [N, H, W, 1] map would one-hot (or edge-detect) silently
+    along the wrong axes."""
+    if t.shape.rank is not None and t.shape.rank != 3:
+        raise ValueError(f"{what} must be [N, H, W] integer ids, got shape {t.shape}: squeeze the channel axis")
+
+
 def check_image_size(image: tf.Tensor, multiple: int) -> tf.Tensor:
     """Return `image` [N,H,W,...] after asserting H and W are multiples of `multiple`.
 
@@ -36,9 +43,10 @@ def check_image_size(image: tf.Tensor, multiple: int) -> tf.Tensor:
     if h is not None and w is not None:
         if h % multiple or w % multiple:
             raise ValueError(
-                f"image size {h}x{w} is not divisible by {multiple} (2^(n_downsample_global + "
-                f"n_local_enhancers)): resize or crop to a multiple, e.g. {h // multiple * multiple}x"
-                f"{w // multiple * multiple}, or use --resize_or_crop none to round sizes automatically"
+                f"image size {h}x{w} is not divisible by {multiple}, the networks' size multiple "
+                "(2^(n_downsample_global + n_local_enhancers), and 2^n_downsample_E with an encoder): resize "
+                f"or crop to a multiple, e.g. {h // multiple * multiple}x{w // multiple * multiple} (the "
+                "dataset pipeline rounds sizes to it)"
             )
         return image
     shape = tf.shape(image)
@@ -47,8 +55,9 @@ def check_image_size(image: tf.Tensor, multiple: int) -> tf.Tensor:
             tf.debugging.assert_equal(
                 shape[1:3] % multiple,
                 0,
-                message=f"image height and width must be multiples of {multiple} (2^(n_downsample_global + "
-                "n_local_enhancers)): resize or crop the input",
+                message=f"image height and width must be multiples of {multiple}, the networks' size multiple "
+                "(2^(n_downsample_global + n_local_enhancers), and 2^n_downsample_E with an encoder): resize or "
+                "crop the input",
             )
         ]
     ):
@@ -64,6 +73,7 @@ def check_channels(image: tf.Tensor, channels: int, what: str) -> None:
 
 def one_hot_labels(label: tf.Tensor, label_nc: int, dtype: str = "float32") -> tf.Tensor:
     """[N,H,W] integer ids -> [N,H,W,label_nc] one-hot (range-checked)."""
+    check_map_rank(tf.convert_to_tensor(label), "the label map")
     label = check_label_range(tf.cast(label, tf.int32), label_nc)
     return tf.one_hot(label, label_nc, dtype=dtype)
 
@@ -75,6 +85,7 @@ def instance_edges(instance: tf.Tensor, dtype: str = "float32") -> tf.Tensor:
     touching cars of the same class are still separated.
     """
     t = tf.convert_to_tensor(instance)
+    check_map_rank(t, "the instance map")
     dx = tf.not_equal(t[:, :, 1:], t[:, :, :-1])
     dy = tf.not_equal(t[:, 1:, :], t[:, :-1, :])
     false_col = tf.zeros_like(dx[:, :, :1])
@@ -89,6 +100,8 @@ def label_input(label: tf.Tensor, label_nc: int, input_nc: int) -> tf.Tensor:
     if label_nc:
         return one_hot_labels(label, label_nc)
     label = tf.cast(label, tf.float32)
+    if label.shape.rank is not None and label.shape.rank != 4:
+        raise ValueError(f"with label_nc 0 the input is an [N, H, W, {input_nc}] image, got shape {label.shape}")
     check_channels(label, input_nc, "the input image ({phase}_A)")
     return label
 

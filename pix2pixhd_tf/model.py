@@ -23,6 +23,7 @@ class ImagePool(keras.layers.Layer):
 
     Each new fake either enters a free slot, or with probability 1/2 swaps with a stored one (which D
     sees instead). Randomness is stateless, keyed by the training step, so runs are reproducible.
+    The buffer is replica-local (`on_read`): build it inside the strategy scope, never in `strategy.run`.
     """
 
     def __init__(self, pool_size: int, **kwargs):
@@ -31,29 +32,45 @@ class ImagePool(keras.layers.Layer):
 
     def build(self, image_shape):
         _, h, w, c = image_shape
-        if h is None or w is None:
+        if h is None or w is None or c is None:
             raise ValueError("--pool_size > 0 needs a fixed training image size (use a crop or scale mode)")
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            raise RuntimeError(
+                "the image pool's buffer cannot be created inside strategy.run: build it in strategy.scope() "
+                "first, with model(batch) or model.image_pool.build(image_shape) (fit() does this itself)"
+            )
+        # Layer.add_weight takes no `synchronization`; a Variable assigned to the layer is tracked alike.
         local = dict(trainable=False, synchronization="on_read", aggregation="only_first_replica")
-        self.images = self.add_weight(shape=(self.pool_size, h, w, c), initializer="zeros", name="images", **local)
-        self.count = self.add_weight(shape=(), dtype="int32", initializer="zeros", name="count", **local)
+        zeros = keras.initializers.Zeros()  # an initializer (not a value) also works in fit()'s symbolic build
+        self.images = keras.Variable(zeros, (self.pool_size, h, w, c), self.variable_dtype, name="images", **local)
+        self.count = keras.Variable(zeros, (), "int32", name="count", **local)
+        self.built = True
 
     def call(self, fakes, step):
-        outputs = []
-        for i in range(fakes.shape[0]):
-            fake = fakes[i]
-            seed = tf.stack([tf.cast(step, tf.int32), i])
-            coin = tf.random.stateless_uniform([], seed=seed)
-            slot = tf.random.stateless_uniform([], seed=seed + 1, maxval=self.pool_size, dtype=tf.int32)
-            count = self.count.value()
+        """Returns what D sees for `fakes` [N,H,W,C] at training step `step`; N may be dynamic."""
+        fakes = tf.cast(fakes, self.images.dtype)
+        n = tf.shape(fakes)[0]
+        step = tf.cast(step, tf.int32)
+
+        def push(i, images, count, outputs):
+            coin = tf.random.stateless_uniform([], seed=tf.stack([step, 2 * i]))
+            slot = tf.random.stateless_uniform([], seed=tf.stack([step, 2 * i + 1]), maxval=self.pool_size, dtype=tf.int32)
             fill = count < self.pool_size
             swap = tf.logical_and(tf.logical_not(fill), coin > 0.5)
             target = tf.where(fill, count, slot)
-            stored = self.images[target]
-            new_value = tf.where(fill | swap, tf.cast(fake, self.images.dtype), stored)
-            self.images.assign(tf.tensor_scatter_nd_update(self.images.value(), [[target]], new_value[None]))
-            self.count.assign(tf.minimum(count + 1, self.pool_size))
-            outputs.append(tf.where(swap, tf.cast(stored, fake.dtype), fake))
-        return tf.stack(outputs)
+            stored = images[target]
+            images = tf.tensor_scatter_nd_update(images, [[target]], tf.where(fill | swap, fakes[i], stored)[None])
+            outputs = outputs.write(i, tf.where(swap, stored, fakes[i]))
+            return i + 1, images, tf.minimum(count + 1, self.pool_size), outputs
+
+        _, images, count, outputs = tf.while_loop(
+            lambda i, *_: i < n,
+            push,
+            (tf.constant(0), tf.convert_to_tensor(self.images), tf.convert_to_tensor(self.count), tf.TensorArray(fakes.dtype, n)),
+        )
+        self.images.assign(images)
+        self.count.assign(count)
+        return tf.ensure_shape(outputs.stack(), fakes.shape)
 
 
 class Pix2PixHD(keras.Model):
@@ -139,7 +156,8 @@ class Pix2PixHD(keras.Model):
     # ---------------------------------------------------------------- optimisation setup
     def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer, **kwargs):
         """Store both optimizers and build them now: under a strategy they must exist inside its scope."""
-        super().compile(**kwargs)
+        # No Keras `optimizer`: the default ("rmsprop") would be built by fit() over every weight of G, D and E.
+        super().compile(optimizer=None, **kwargs)
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             # compile(auto_scale_loss=True) would only wrap self.optimizer, which this model does not use.
             g_optimizer = _loss_scaled(g_optimizer)
@@ -175,6 +193,11 @@ class Pix2PixHD(keras.Model):
         if not update and not hasattr(self.generator, "global_variables"):
             raise ValueError("only a local generator (--netG local) has a global part to hold fixed")
         if update != self.update_global:
+            if update:
+                # The official update_fixed_params starts a new Adam for all of G (and E). Keras' Adam
+                # corrects its bias with one step count for all variables, so keeping it would give the
+                # never-updated G1 weights a first step of up to 1/sqrt(1 - beta_2) ≈ 16 times the LR.
+                _reset_optimizer_state(self.g_optimizer)
             self.update_global = update
             self.train_function = None
 
@@ -203,13 +226,20 @@ class Pix2PixHD(keras.Model):
         """G(x): the synthesised image in [-1, 1]. `features` overrides E's (style control at test time)."""
         if input_map is None:
             input_map = self.input_map(data)
-        input_map = check_image_size(input_map, getattr(self.generator, "size_multiple", 1))
+        multiple = getattr(self.generator, "size_multiple", 1)
+        if features is None and self.feature_source == "encoder":  # E round-trips the image too
+            multiple = max(multiple, self.encoder.size_multiple)
+        input_map = check_image_size(input_map, multiple)
         if features is None and self.feature_source != "none":
             features = self.feature_map(data, training)
         g_input = input_map if features is None else tf.concat([input_map, tf.cast(features, input_map.dtype)], -1)
         return self.generator(g_input, training=training)
 
     def call(self, data, training=False):
+        """G(x). Like any Keras model, calling it on a batch builds its state (the image pool's buffer): fit()
+        does so inside the strategy scope, as replica-local variables cannot be created in `strategy.run`."""
+        if self.image_pool is not None and not self.image_pool.built:
+            self.image_pool.build(data["image"].shape)
         return self.generate(data, training=training)
 
     def discriminate(self, input_map: tf.Tensor, image: tf.Tensor, training: bool = False):
@@ -250,7 +280,7 @@ class Pix2PixHD(keras.Model):
         return g_losses, d_losses, fake
 
     def _step(self) -> tf.Tensor:
-        return self.g_optimizer.iterations
+        return self.d_optimizer.iterations  # G's restarts when the global G1 is unfrozen
 
     def _update_trackers(self, named_losses: dict) -> dict:
         for name, per_sample in named_losses.items():
@@ -279,6 +309,16 @@ class Pix2PixHD(keras.Model):
 
     def predict_step(self, data):
         return self.generate(data)
+
+
+def _reset_optimizer_state(optimizer: keras.optimizers.Optimizer) -> None:
+    """Zero the step count and every slot (moments) of `optimizer`, keeping its learning rate and, for a
+    LossScaleOptimizer, its loss scale: the state of a newly created optimizer."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    keep = {id(inner.learning_rate)}
+    for variable in inner.variables:
+        if id(variable) not in keep:
+            variable.assign(tf.zeros(variable.shape, variable.dtype))
 
 
 def _loss_scaled(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:

@@ -86,6 +86,12 @@ class MultiscaleDiscriminator(keras.Model):
         self.n_layers_D = n_layers_D
         self.num_D = num_D
 
+    def call(self, inputs, training=None, mask=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        # A functional model unwraps a one-element output list, which would turn num_D=1's
+        # [[block outputs]] into [block outputs]: the losses would read each block as a scale.
+        return [outputs] if self.num_D == 1 else outputs
+
     def scale(self, index: int) -> NLayerDiscriminator:
         """The sub-discriminator with official name `scale{index}`."""
         return self.get_layer(f"scale{index}")

@@ -31,6 +31,10 @@ class Encoder(keras.Model):
         self.nef = nef
         self.n_downsample_E = n_downsample_E
 
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.n_downsample_E
+
     def get_config(self):
         return {
             "name": self.name,

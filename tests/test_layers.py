@@ -1,0 +1,123 @@
+"""The PyTorch-semantics layers against numpy and torch.nn.functional, their configs and saving."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+import torch.nn.functional as F
+
+from pix2pixhd_tf.layers import (
+    AvgPoolExcludePad,
+    InstanceAveragePool,
+    ReflectionPad2D,
+    ResnetBlock,
+    TorchConvTranspose2D,
+    instance_norm,
+)
+from pix2pixhd_tf.networks import GlobalGenerator
+from tests.helpers import config_round_trip
+
+rng = np.random.default_rng(0)
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.numpy().transpose(0, 2, 3, 1)
+
+
+def test_reflection_pad_equals_numpy_reflect():
+    x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
+    out = ReflectionPad2D(3)(x)
+    np.testing.assert_array_equal(out, np.pad(x, [(0, 0), (3, 3), (3, 3), (0, 0)], mode="reflect"))
+    assert ReflectionPad2D(3).compute_output_shape((None, None, 7, 3)) == (None, None, 13, 3)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 6)])
+def test_torch_conv_transpose_doubles_and_equals_pytorch(size):
+    x = rng.standard_normal((2, *size, 4)).astype(np.float32)
+    layer = TorchConvTranspose2D(3, in_channels=4)
+    out = np.asarray(layer(x))
+    assert out.shape == (2, 2 * size[0], 2 * size[1], 3)
+
+    kernel, bias = (np.asarray(v) for v in layer.conv.weights)  # (kh, kw, out, in), (out,)
+    weight = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # PyTorch's (in, out, kh, kw)
+    expected = F.conv_transpose2d(_nchw(x), weight, torch.from_numpy(bias), stride=2, padding=1, output_padding=1)
+    np.testing.assert_allclose(out, _nhwc(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(7, 9), (8, 6), (1, 2)])
+def test_avg_pool_excludes_padding_like_pytorch(size):
+    x = rng.standard_normal((2, *size, 3)).astype(np.float32)
+    expected = F.avg_pool2d(_nchw(x), 3, 2, 1, count_include_pad=False)
+    out = np.asarray(AvgPoolExcludePad()(x))
+    np.testing.assert_allclose(out, _nhwc(expected), atol=1e-6)
+    assert AvgPoolExcludePad().compute_output_shape((2, *size, 3)) == out.shape
+
+
+def _slow_instance_mean(features: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(features)
+    for b in range(features.shape[0]):
+        for i in np.unique(instance[b]):
+            mask = instance[b] == i
+            out[b][mask] = features[b][mask].mean(axis=0)
+    return out
+
+
+def test_instance_average_pool_is_the_mean_of_each_batch_and_instance_region():
+    features = rng.standard_normal((3, 8, 10, 4)).astype(np.float32)
+    instance = rng.choice([0, 7, 26001, 33000], size=(3, 8, 10)).astype(np.int32)  # Cityscapes-sized ids
+    instance[1] = instance[0]  # the same ids in two batch elements must stay separate regions
+    out = np.asarray(InstanceAveragePool()(features, instance))
+
+    np.testing.assert_allclose(out, _slow_instance_mean(features, instance), atol=1e-5)
+    mask = instance[0] == 26001
+    np.testing.assert_allclose(out[0][mask], np.broadcast_to(features[0][mask].mean(0), out[0][mask].shape), atol=1e-5)
+    assert not np.allclose(out[0][mask], out[1][mask])  # batch 1 has the same ids but its own means
+
+
+def test_instance_norm_equals_torch_instance_norm():
+    x = (3 * rng.standard_normal((2, 6, 5, 4)) + 1).astype(np.float32)
+    out = np.asarray(instance_norm()(x))
+    expected = _nhwc(F.instance_norm(_nchw(x), eps=1e-5))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make_layer, shapes",
+    [
+        (lambda: ReflectionPad2D(2, name="pad"), [(1, 6, 6, 2)]),
+        (lambda: TorchConvTranspose2D(3, in_channels=2, name="up"), [(1, 4, 4, 2)]),
+        (lambda: AvgPoolExcludePad(name="pool"), [(1, 5, 5, 2)]),
+        (lambda: ResnetBlock(4, name="block"), [(1, 6, 6, 4)]),
+        (lambda: InstanceAveragePool(name="inst_pool"), [(1, 4, 4, 2), (1, 4, 4)]),
+    ],
+    ids=["ReflectionPad2D", "TorchConvTranspose2D", "AvgPoolExcludePad", "ResnetBlock", "InstanceAveragePool"],
+)
+def test_config_round_trip_gives_the_same_layer(make_layer, shapes):
+    layer = make_layer()
+    clone = config_round_trip(layer)
+    assert clone.name == layer.name
+    inputs = [rng.standard_normal(shapes[0]).astype(np.float32)]
+    if len(shapes) > 1:
+        inputs.append(rng.integers(0, 3, shapes[1]).astype(np.int32))
+    expected = layer(*inputs)
+    clone(*inputs)  # build, then share the weights
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(*inputs), expected, atol=1e-6)
+
+
+def test_global_generator_survives_keras_save_and_load(tmp_path):
+    net = GlobalGenerator(input_nc=4, output_nc=3, ngf=4, n_downsample_global=2, n_blocks_global=1)
+    path = str(tmp_path / "g.keras")
+    net.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is GlobalGenerator
+    assert loaded.get_config() == net.get_config()
+    x = tf.random.normal((1, 16, 20, 4))
+    np.testing.assert_array_equal(loaded(x), net(x))
