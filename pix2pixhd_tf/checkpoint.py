@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -95,9 +96,11 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> str:
     try:
         status.assert_existing_objects_matched()
     except AssertionError as err:
+        missing = sorted({m.group(1) for m in re.finditer(r"path=([\w/]+)", str(err))})
         raise ValueError(
-            f"the checkpoint {path} does not hold everything these options build ({err}); check that "
-            "--netG, --instance_feat/--label_feat and the network sizes match the ones it was trained with"
+            f"the checkpoint {path} does not hold everything these options build (missing: "
+            f"{', '.join(missing[:8]) or str(err)[:300]}); check that --netG, --instance_feat/--label_feat and "
+            "the network sizes match the ones it was trained with"
         ) from None
     status.expect_partial()
     return path

@@ -130,7 +130,11 @@ class Trainer:
         opts = self.opts
         if opts.continue_train:
             path = ckpt.restore(self.checkpoint, ckpt.checkpoint_dir(self.dir, opts.which_epoch))
-            print(f"Resuming from {path} at epoch {int(self.position.epoch)}, step {int(self.position.step_in_epoch)}")
+            epoch, step = int(self.position.epoch), int(self.position.step_in_epoch)
+            print(f"Resuming from {path} at epoch {epoch}, step {step}")
+            if opts.netG == "local" and (epoch, step) <= (opts.niter_fix_global + 1, 0) and opts.niter_fix_global:
+                # Saved while G1 was still held fixed: unfreezing (and its optimizer reset) is still ahead.
+                self.model.set_update_global(False)
         elif opts.load_pretrain:
             ckpt.load_pretrained_global(self.model.generator, opts)
             print(f"Loaded the pretrained global generator from {opts.load_pretrain}")

@@ -334,7 +334,7 @@ def test_official_cluster_file_must_be_named(feat_opts, tmp_path):
 def test_errors_say_what_exists(feat_opts, data_root, tmp_path):
     label = read_ids(os.path.join(data_root, "test_label", "scene_00000.png"))
     instance = read_ids(os.path.join(data_root, "test_inst", "scene_00000.png"))
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*epoch_7.*checkpoints of .*: latest"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*epoch_7.*available: latest"):
         Synthesizer.from_checkpoint(feat_opts, which_epoch="7")
     with pytest.raises(ValueError, match=r"--ngf: trained with 4, given 8"):
         Synthesizer.from_checkpoint(feat_opts.replace(ngf=8))
@@ -371,5 +371,5 @@ def test_errors_say_what_exists(feat_opts, data_root, tmp_path):
         run_test(plain, style=StyleSpec.from_dict({"classes": {"8": 0}}), progress=False)
     # A checkpoint without the encoder that these flags build (no options.json to catch it first).
     os.remove(os.path.join(ckpt.experiment_dir(loaded), "options.json"))
-    with pytest.raises(ValueError, match="lacks part of the generator and encoder"):
+    with pytest.raises(ValueError, match="does not hold everything these options build"):
         Synthesizer.from_checkpoint(loaded.replace(load_features=False))
