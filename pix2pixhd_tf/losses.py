@@ -68,6 +68,12 @@ def feature_matching_loss(fake: Predictions, real: Predictions, n_layers_D: int,
     return total
 
 
+def l1_loss(fake: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
+    """pix2pix's L1 reconstruction term (Isola et al. 2017), optional here: a cheap anchor for short runs
+    without the VGG weights (configs/local.cfg); pix2pixHD itself does not use it."""
+    return _per_sample_mean(tf.abs(tf.cast(fake, tf.float32) - tf.cast(real, tf.float32)))
+
+
 def build_vgg19_features(weights: str | None = "imagenet") -> keras.Model:
     """VGG19 up to relu5_1, returning relu{1..5}_1.
 

@@ -92,6 +92,7 @@ class Pix2PixHD(keras.Model):
         lambda_feat: float = 10.0,
         use_gan_feat_loss: bool = True,
         pool_size: int = 0,
+        lambda_L1: float = 0.0,
         **kwargs,
     ):
         """
@@ -101,6 +102,7 @@ class Pix2PixHD(keras.Model):
             feature_source: 'none', 'encoder' (E on the real image, trained through G's loss) or
                 'loaded' (precomputed maps in batch['feat']).
             label_feat: pool E's features per label instead of per instance.
+            lambda_L1: weight of pix2pix's L1 reconstruction term (not part of pix2pixHD; 0 = off).
         """
         super().__init__(**kwargs)
         if feature_source not in ("none", "encoder", "loaded"):
@@ -125,7 +127,9 @@ class Pix2PixHD(keras.Model):
         self.n_layers_D = discriminator.n_layers_D
         self.image_pool = ImagePool(pool_size, name="image_pool") if pool_size > 0 else None
         self.update_global = True
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in G_LOSSES + D_LOSSES}
+        self.lambda_L1 = lambda_L1
+        names = G_LOSSES + (("G_L1",) if lambda_L1 else ()) + D_LOSSES
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True
 
     @classmethod
@@ -150,6 +154,7 @@ class Pix2PixHD(keras.Model):
             lambda_feat=opts.lambda_feat,
             use_gan_feat_loss=not opts.no_ganFeat_loss,
             pool_size=opts.pool_size,
+            lambda_L1=opts.lambda_L1,
             name="pix2pixhd",
         )
 
@@ -277,6 +282,8 @@ class Pix2PixHD(keras.Model):
             ),
             "G_VGG": self.vgg_loss(fake, real) if self.vgg_loss is not None else zeros,
         }
+        if self.lambda_L1:
+            g_losses["G_L1"] = self.lambda_L1 * losses.l1_loss(fake, real)
         return g_losses, d_losses, fake
 
     def _step(self) -> tf.Tensor:

@@ -73,6 +73,9 @@ class Options:
     no_vgg_loss: bool = _opt(False, "Do not use the VGG19 perceptual loss.")
     no_lsgan: bool = _opt(False, "Use the BCE GAN loss instead of least squares (same as --gan_mode=vanilla).")
     gan_mode: str = _opt("", "new: lsgan, vanilla or hinge; '' follows no_lsgan.", ("", "lsgan", "vanilla", "hinge"))
+    lambda_L1: float = _opt(
+        0.0, "new: weight of pix2pix's L1 reconstruction loss; not in pix2pixHD (0 = off), see configs/local.cfg."
+    )
     pool_size: int = _opt(0, "Size of the buffer of generated images shown to D (0 = no pool).")
     vgg_weights: str = _opt(
         "imagenet", "new: VGG19 weights: 'imagenet' (Keras download or cache) or a local .h5/.weights.h5 path."

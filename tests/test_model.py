@@ -106,6 +106,17 @@ def test_switched_off_losses_are_zero():
     assert float(logs["G_GAN"]) > 0
 
 
+def test_optional_l1_term_is_reported_and_weighted():
+    opts = tiny_options(lambda_L1=10.0)
+    model = build_model(opts)
+    batch = random_batch(opts)
+    g_losses, _, fake = model.compute_losses(batch)
+    expected = 10.0 * np.abs(np.asarray(fake) - np.asarray(batch["image"])).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(g_losses["G_L1"], expected, rtol=1e-5)
+    assert set(model.train_step(batch)) == set(G_LOSSES + ("G_L1",) + D_LOSSES)
+    assert "G_L1" not in build_model(tiny_options()).trackers  # off by default: pix2pixHD's objective
+
+
 def test_test_step_reports_losses_and_changes_nothing():
     opts = tiny_options()
     model = build_model(opts)
