@@ -30,7 +30,9 @@ def make_strategy(opts: Options) -> tf.distribute.Strategy:
     """default: one device. mirrored: all selected local GPUs (or the CPU). multi_worker: hosts from TF_CONFIG."""
     if opts.strategy == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker reads the cluster from the TF_CONFIG environment variable; set it")
+            raise ValueError(
+                "--strategy=multi_worker reads the cluster from the TF_CONFIG environment variable; set it"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = select_gpus(opts.gpu_ids)
     if opts.strategy == "mirrored":

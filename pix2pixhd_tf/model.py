@@ -54,7 +54,9 @@ class ImagePool(keras.layers.Layer):
 
         def push(i, images, count, outputs):
             coin = tf.random.stateless_uniform([], seed=tf.stack([step, 2 * i]))
-            slot = tf.random.stateless_uniform([], seed=tf.stack([step, 2 * i + 1]), maxval=self.pool_size, dtype=tf.int32)
+            slot = tf.random.stateless_uniform(
+                [], seed=tf.stack([step, 2 * i + 1]), maxval=self.pool_size, dtype=tf.int32
+            )
             fill = count < self.pool_size
             swap = tf.logical_and(tf.logical_not(fill), coin > 0.5)
             target = tf.where(fill, count, slot)
@@ -66,7 +68,12 @@ class ImagePool(keras.layers.Layer):
         _, images, count, outputs = tf.while_loop(
             lambda i, *_: i < n,
             push,
-            (tf.constant(0), tf.convert_to_tensor(self.images), tf.convert_to_tensor(self.count), tf.TensorArray(fakes.dtype, n)),
+            (
+                tf.constant(0),
+                tf.convert_to_tensor(self.images),
+                tf.convert_to_tensor(self.count),
+                tf.TensorArray(fakes.dtype, n),
+            ),
         )
         self.images.assign(images)
         self.count.assign(count)
@@ -338,4 +345,6 @@ def make_optimizers(opts: Options, lr: float | None = None) -> tuple[keras.optim
     """Adam(lr, beta1, 0.999, eps 1e-8) for G(+E) and for D, as the official (PyTorch-default) code. The LR is a variable the
     trainer sets per epoch (constant for niter epochs, then linear decay)."""
     lr = opts.lr if lr is None else lr
-    return tuple(keras.optimizers.Adam(lr, beta_1=opts.beta1, beta_2=0.999, epsilon=1e-8, name=n) for n in ("g_adam", "d_adam"))
+    return tuple(
+        keras.optimizers.Adam(lr, beta_1=opts.beta1, beta_2=0.999, epsilon=1e-8, name=n) for n in ("g_adam", "d_adam")
+    )

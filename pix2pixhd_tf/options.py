@@ -166,7 +166,9 @@ class Options:
         if self.label_nc < 0:
             raise ValueError(f"--label_nc={self.label_nc} must be >= 0 (0 means RGB input).")
         if self.instance_feat and self.no_instance:
-            raise ValueError("--instance_feat pools features per instance and so needs instance maps: drop --no_instance.")
+            raise ValueError(
+                "--instance_feat pools features per instance and so needs instance maps: drop --no_instance."
+            )
         if self.gan_mode and self.no_lsgan and self.gan_mode != "vanilla":
             raise ValueError(f"--no_lsgan contradicts --gan_mode={self.gan_mode}: use one of them.")
 

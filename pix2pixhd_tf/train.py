@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 
@@ -169,7 +169,9 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         steps = len(self.files) // self.opts.batchSize
         if steps == 0:
-            raise ValueError(f"--batchSize={self.opts.batchSize} is larger than the dataset ({len(self.files)} samples)")
+            raise ValueError(
+                f"--batchSize={self.opts.batchSize} is larger than the dataset ({len(self.files)} samples)"
+            )
         return min(steps, self.opts.steps_per_epoch) if self.opts.steps_per_epoch else steps
 
     # ------------------------------------------------------------------ steps
@@ -240,7 +242,12 @@ class Trainer:
             if interrupted:
                 self.save()
         return TrainResult(
-            self.model, int(self.position.epoch), int(self.position.global_step), interrupted, logger.last_losses, self.dir
+            self.model,
+            int(self.position.epoch),
+            int(self.position.global_step),
+            interrupted,
+            logger.last_losses,
+            self.dir,
         )
 
 
@@ -311,7 +318,11 @@ class TrainingLogger:
             label_rgb = visualize.colorize_labels(label, palette=_palette(self.opts), label_nc=self.opts.label_nc)
         else:
             label_rgb = visualize.tensor_to_uint8(label)
-        row = [label_rgb, visualize.tensor_to_uint8(fake.numpy()[0]), visualize.tensor_to_uint8(sample["image"].numpy()[0])]
+        row = [
+            label_rgb,
+            visualize.tensor_to_uint8(fake.numpy()[0]),
+            visualize.tensor_to_uint8(sample["image"].numpy()[0]),
+        ]
         return visualize.image_grid([row])
 
     def end_epoch(self, epoch: int) -> None:

@@ -18,12 +18,41 @@ from PIL import Image
 # for the license plate (labelId -1 there), coloured like a car as pix2pixHD's own 35-colour map does.
 CITYSCAPES_PALETTE: np.ndarray = np.array(
     [
-        (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (111, 74, 0), (81, 0, 81),
-        (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140), (70, 70, 70), (102, 102, 156),
-        (190, 153, 153), (180, 165, 180), (150, 100, 100), (150, 120, 90), (153, 153, 153), (153, 153, 153),
-        (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-        (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100),
-        (0, 0, 230), (119, 11, 32), (0, 0, 142),
+        (0, 0, 0),
+        (0, 0, 0),
+        (0, 0, 0),
+        (0, 0, 0),
+        (0, 0, 0),
+        (111, 74, 0),
+        (81, 0, 81),
+        (128, 64, 128),
+        (244, 35, 232),
+        (250, 170, 160),
+        (230, 150, 140),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (180, 165, 180),
+        (150, 100, 100),
+        (150, 120, 90),
+        (153, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 0, 90),
+        (0, 0, 110),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
+        (0, 0, 142),
     ],
     dtype=np.uint8,
 )
@@ -72,9 +101,7 @@ def colorize_labels(label: Any, palette: np.ndarray | None = None, *, label_nc: 
         raise ValueError(f"expected a label map [H, W], got shape {label.shape}")
     palette = default_palette(label_nc) if palette is None else np.asarray(palette, dtype=np.uint8)
     if label.size and (label.min() < 0 or label.max() >= len(palette)):
-        raise ValueError(
-            f"label ids span [{label.min()}, {label.max()}] but the palette has {len(palette)} colours"
-        )
+        raise ValueError(f"label ids span [{label.min()}, {label.max()}] but the palette has {len(palette)} colours")
     return palette[label.astype(np.int64)]
 
 
@@ -110,9 +137,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
         raise ValueError(f"all grid cells must have the same size, got {sorted(sizes)}")
     (h, w), columns = sizes.pop(), max(len(row) for row in cells)
     blank = np.zeros((h, w, 3), np.uint8)
-    return np.concatenate(
-        [np.concatenate(row + [blank] * (columns - len(row)), axis=1) for row in cells], axis=0
-    )
+    return np.concatenate([np.concatenate(row + [blank] * (columns - len(row)), axis=1) for row in cells], axis=0)
 
 
 def save_image(path: str, array: np.ndarray) -> None:
@@ -132,6 +157,7 @@ def write_html_index(path: str, title: str, rows: Sequence[dict[str, str]], imag
     Image entries are paths relative to the page (as `tools/test.py` writes them); missing ones leave
     the cell empty. Every image links to itself at full size.
     """
+
     def cell(row: dict[str, str], column: str) -> str:
         value = row.get(column, "")
         if column == "name" or not value:
@@ -142,7 +168,7 @@ def write_html_index(path: str, title: str, rows: Sequence[dict[str, str]], imag
     header = "".join(f"<th>{column}</th>" for column in HTML_COLUMNS)
     body = "\n".join("<tr>" + "".join(cell(row, column) for column in HTML_COLUMNS) + "</tr>" for row in rows)
     page = (
-        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n"
         "<style>body{font-family:sans-serif} td,th{padding:4px;vertical-align:top;text-align:left}</style>\n"
         f"</head>\n<body>\n<h1>{html.escape(title)}</h1>\n"

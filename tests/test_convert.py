@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from pix2pixhd_tf import checkpoint as ckpt  # noqa: E402
 from pix2pixhd_tf import networks  # noqa: E402
 from pix2pixhd_tf.convert import (  # noqa: E402
     CheckpointMismatchError,
@@ -20,10 +21,9 @@ from pix2pixhd_tf.convert import (  # noqa: E402
     load_torch_state_dict,
     save_converted,
 )
-from pix2pixhd_tf import checkpoint as ckpt  # noqa: E402
+from pix2pixhd_tf.options import Options  # noqa: E402
 from pix2pixhd_tf.styles import ClusterBank, default_cluster_file  # noqa: E402
 from pix2pixhd_tf.train import Trainer  # noqa: E402
-from pix2pixhd_tf.options import Options  # noqa: E402
 from tests import torch_reference as ref  # noqa: E402
 
 ATOL = 1e-4
@@ -266,9 +266,11 @@ def test_converted_local_checkpoint_exports_and_serves_the_pytorch_image(tmp_pat
     rng = np.random.default_rng(0)
     label = rng.integers(0, opts.label_nc, (2, 32, 48)).astype(np.int32)
     instance = (label * 1000 + rng.integers(0, 2, label.shape)).astype(np.int32)
-    served = tf.saved_model.load(version_dir).signatures["serving_default"](
-        label=tf.constant(label), instance=tf.constant(instance)
-    )["image"].numpy()
+    served = (
+        tf.saved_model.load(version_dir)
+        .signatures["serving_default"](label=tf.constant(label), instance=tf.constant(instance))["image"]
+        .numpy()
+    )
 
     x = encode_input(label, instance, label_nc=opts.label_nc).numpy()
     with torch.no_grad():

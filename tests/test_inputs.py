@@ -113,6 +113,13 @@ def test_generate_raises_for_sizes_that_cannot_round_trip(overrides, multiple):
     model = Pix2PixHD.from_options(opts)
     assert opts.size_multiple == multiple
     bad = random_batch(opts, n=1, h=multiple * 3 + multiple // 2, w=multiple * 2)
-    with pytest.raises(ValueError, match=f"{multiple * 3 + multiple // 2}x{multiple * 2} is not divisible by {multiple}"):
+    with pytest.raises(
+        ValueError, match=f"{multiple * 3 + multiple // 2}x{multiple * 2} is not divisible by {multiple}"
+    ):
         model.generate(bad)
-    assert model.generate(random_batch(opts, n=1, h=multiple * 3, w=multiple * 2)).shape == (1, multiple * 3, multiple * 2, 3)
+    assert model.generate(random_batch(opts, n=1, h=multiple * 3, w=multiple * 2)).shape == (
+        1,
+        multiple * 3,
+        multiple * 2,
+        3,
+    )

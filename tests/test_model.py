@@ -128,7 +128,13 @@ def test_test_step_reports_losses_and_changes_nothing():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"label_nc": 0}, {"no_instance": True}, {"gan_mode": "hinge"}, {"no_lsgan": True}, {"load_features": True, "instance_feat": True}],
+    [
+        {"label_nc": 0},
+        {"no_instance": True},
+        {"gan_mode": "hinge"},
+        {"no_lsgan": True},
+        {"load_features": True, "instance_feat": True},
+    ],
     ids=["rgb_input", "no_instance", "hinge", "vanilla", "loaded_features"],
 )
 def test_other_settings_train_a_step(overrides):
@@ -298,8 +304,10 @@ def _mixed_precision_steps(policy: str, f32_reference, make_optimizers=lambda: s
     assert all(np.isfinite(v) for v in logs.values()), logs
     single_error = _relative_update_error(network_weights(single), f32_after, before)
     mirrored_error = _relative_update_error(network_weights(mirrored), f32_after, before)
-    print(f"{policy}: update error vs float32, single {single_error}, mirrored {mirrored_error}; max abs diff "
-          f"mirrored vs single {max_abs_diff(network_weights(single), network_weights(mirrored))}")
+    print(
+        f"{policy}: update error vs float32, single {single_error}, mirrored {mirrored_error}; max abs diff "
+        f"mirrored vs single {max_abs_diff(network_weights(single), network_weights(mirrored))}"
+    )
     return single_error, mirrored_error, single, mirrored
 
 

@@ -25,8 +25,9 @@ def cityscapes_global_g():
 
 def test_parameter_counts_equal_the_official_cityscapes_models(cityscapes_global_g):
     assert cityscapes_global_g.count_params() == 182_546_755
-    local = LocalEnhancer(CITYSCAPES_G_IN, 3, ngf=32, n_downsample_global=4, n_blocks_global=9,
-                          n_local_enhancers=1, n_blocks_local=3)
+    local = LocalEnhancer(
+        CITYSCAPES_G_IN, 3, ngf=32, n_downsample_global=4, n_blocks_global=9, n_local_enhancers=1, n_blocks_local=3
+    )
     assert local.count_params() == 182_857_059
     del local
     assert MultiscaleDiscriminator(CITYSCAPES_D_IN, ndf=64, n_layers_D=3, num_D=3).count_params() == 8_404_803

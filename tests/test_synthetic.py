@@ -184,8 +184,16 @@ def test_ensure_reuses_an_existing_dataset(tmp_path):
 
 def test_cli_writes_a_dataset(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, os.path.join(REPO, "tools", "make_synthetic_dataset.py"), f"--dataroot={tmp_path}",
-           "--n_train=2", "--n_test=1", "--height=32", "--width=48", "--seed=3"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "make_synthetic_dataset.py"),
+        f"--dataroot={tmp_path}",
+        "--n_train=2",
+        "--n_test=1",
+        "--height=32",
+        "--width=48",
+        "--seed=3",
+    ]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     with open(tmp_path / "meta.json") as f:
         meta = json.load(f)

@@ -14,9 +14,11 @@ def test_cityscapes_palette_by_label_id():
     label = np.array([[0, 7, 8], [11, 21, 23], [24, 26, 33]])
     rgb = vis.colorize_labels(label)  # label_nc 35 is the default
     assert rgb.shape == (3, 3, 3) and rgb.dtype == np.uint8
-    expected = [[(0, 0, 0), (128, 64, 128), (244, 35, 232)],
-                [(70, 70, 70), (107, 142, 35), (70, 130, 180)],
-                [(220, 20, 60), (0, 0, 142), (119, 11, 32)]]
+    expected = [
+        [(0, 0, 0), (128, 64, 128), (244, 35, 232)],
+        [(70, 70, 70), (107, 142, 35), (70, 130, 180)],
+        [(220, 20, 60), (0, 0, 142), (119, 11, 32)],
+    ]
     assert rgb.tolist() == [[list(c) for c in row] for row in expected]
     assert vis.CITYSCAPES_PALETTE.shape == (35, 3)
     assert vis.CITYSCAPES_PALETTE[:5].sum() == 0 and vis.CITYSCAPES_PALETTE[34].tolist() == [0, 0, 142]
@@ -79,7 +81,12 @@ def test_save_image_round_trip(tmp_path):
 
 def test_write_html_index(tmp_path):
     rows = [
-        {"name": "scene_00000", "label": "images/a_label.png", "generated": "images/a_synth.png", "real": "images/a_real.png"},
+        {
+            "name": "scene_00000",
+            "label": "images/a_label.png",
+            "generated": "images/a_synth.png",
+            "real": "images/a_real.png",
+        },
         {"name": "<b>x</b>", "label": "images/b label.png", "generated": "images/b_synth.png"},
     ]
     path = tmp_path / "web" / "index.html"

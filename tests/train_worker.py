@@ -1,6 +1,6 @@
 """One MultiWorkerMirroredStrategy worker for tests/test_train.py: trains, then dumps G's weights.
 
-    TF_CONFIG=... python tests/train_worker.py '<options as JSON>' out.npz
+TF_CONFIG=... python tests/train_worker.py '<options as JSON>' out.npz
 """
 
 import json

@@ -25,7 +25,11 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     del argv
     meta = write_synthetic_dataset(
-        FLAGS.dataroot, n_train=FLAGS.n_train, n_test=FLAGS.n_test, height=FLAGS.height, width=FLAGS.width,
+        FLAGS.dataroot,
+        n_train=FLAGS.n_train,
+        n_test=FLAGS.n_test,
+        height=FLAGS.height,
+        width=FLAGS.width,
         seed=FLAGS.seed,
     )
     print(f"wrote {meta['counts']} scenes of {meta['height']}x{meta['width']} to {FLAGS.dataroot}")

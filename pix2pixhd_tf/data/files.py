@@ -229,7 +229,6 @@ def corrupt_message(path: str, error: BaseException) -> str:
     )
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -276,7 +275,7 @@ def _read_header(path: str, kind: str, opts: Options) -> FileInfo:
             f.seek(max(0, f.tell() - 1024))
             tail = f.read()
         ends = {"PNG": (_PNG_END, 64), "JPEG": (_JPEG_END, 1024)}.get(fmt)
-        if ends and ends[0] not in tail[-ends[1]:]:
+        if ends and ends[0] not in tail[-ends[1] :]:
             # No end marker: truncated, or (JPEG) trailing data after the image. Decode to tell them apart.
             with Image.open(path) as im:
                 im.load()

@@ -32,7 +32,15 @@ from PIL import Image
 from tqdm import tqdm
 
 CLASS_NAMES: tuple[str, ...] = (
-    "unlabeled", "sky", "road", "sidewalk", "building", "vegetation", "pole", "person", "car",
+    "unlabeled",
+    "sky",
+    "road",
+    "sidewalk",
+    "building",
+    "vegetation",
+    "pole",
+    "person",
+    "car",
 )
 LABEL_NC: int = len(CLASS_NAMES)
 UNLABELED, SKY, ROAD, SIDEWALK, BUILDING, VEGETATION, POLE, PERSON, CAR = range(LABEL_NC)
@@ -41,8 +49,15 @@ THING_CLASSES: tuple[int, ...] = (PERSON, CAR)
 # The Cityscapes colours of the same classes, so colourised maps look familiar.
 PALETTE: np.ndarray = np.array(
     [
-        (0, 0, 0), (70, 130, 180), (128, 64, 128), (244, 35, 232), (70, 70, 70),
-        (107, 142, 35), (153, 153, 153), (220, 20, 60), (0, 0, 142),
+        (0, 0, 0),
+        (70, 130, 180),
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (107, 142, 35),
+        (153, 153, 153),
+        (220, 20, 60),
+        (0, 0, 142),
     ],
     dtype=np.uint8,
 )
@@ -63,30 +78,46 @@ class Mode(NamedTuple):
 # Appearance modes per class name; a scene picks one per stuff class and one per thing instance.
 MODES: dict[str, tuple[Mode, ...]] = {
     "sky": (
-        Mode("clear", (105, 155, 220)), Mode("overcast", (172, 176, 184)), Mode("sunset", (225, 140, 110)),
+        Mode("clear", (105, 155, 220)),
+        Mode("overcast", (172, 176, 184)),
+        Mode("sunset", (225, 140, 110)),
     ),
     "road": (
-        Mode("asphalt", (68, 68, 72)), Mode("cobblestone", (125, 108, 92)), Mode("concrete", (165, 162, 152)),
+        Mode("asphalt", (68, 68, 72)),
+        Mode("cobblestone", (125, 108, 92)),
+        Mode("concrete", (165, 162, 152)),
     ),
     "sidewalk": (
-        Mode("grey_tiles", (178, 178, 172)), Mode("red_pavers", (165, 85, 70)),
+        Mode("grey_tiles", (178, 178, 172)),
+        Mode("red_pavers", (165, 85, 70)),
         Mode("beige_slabs", (205, 190, 150)),
     ),
     "building": (
-        Mode("red_brick", (150, 68, 48)), Mode("cream_plaster", (226, 210, 168)),
-        Mode("grey_concrete", (128, 128, 134)), Mode("blue_glass", (62, 112, 165)),
+        Mode("red_brick", (150, 68, 48)),
+        Mode("cream_plaster", (226, 210, 168)),
+        Mode("grey_concrete", (128, 128, 134)),
+        Mode("blue_glass", (62, 112, 165)),
     ),
     "vegetation": (
-        Mode("summer_green", (62, 122, 45)), Mode("autumn", (196, 112, 38)), Mode("conifer", (32, 72, 48)),
+        Mode("summer_green", (62, 122, 45)),
+        Mode("autumn", (196, 112, 38)),
+        Mode("conifer", (32, 72, 48)),
     ),
     "pole": (Mode("steel", (150, 150, 156)), Mode("black", (35, 35, 38)), Mode("green", (40, 92, 62))),
     "person": (
-        Mode("red", (200, 40, 40)), Mode("blue", (40, 72, 185)), Mode("yellow", (232, 200, 40)),
-        Mode("white", (232, 232, 232)), Mode("black", (30, 30, 32)),
+        Mode("red", (200, 40, 40)),
+        Mode("blue", (40, 72, 185)),
+        Mode("yellow", (232, 200, 40)),
+        Mode("white", (232, 232, 232)),
+        Mode("black", (30, 30, 32)),
     ),
     "car": (
-        Mode("red", (200, 30, 35)), Mode("blue", (35, 75, 195)), Mode("white", (236, 236, 232)),
-        Mode("black", (28, 28, 32)), Mode("yellow", (236, 196, 35)), Mode("green", (35, 138, 65)),
+        Mode("red", (200, 30, 35)),
+        Mode("blue", (35, 75, 195)),
+        Mode("white", (236, 236, 232)),
+        Mode("black", (28, 28, 32)),
+        Mode("yellow", (236, 196, 35)),
+        Mode("green", (35, 138, 65)),
     ),
 }
 
@@ -199,9 +230,7 @@ class _Canvas:
             return None
         return (slice(y0, y1), slice(x0, x1)), self.ys[y0:y1], self.xs[:, x0:x1]
 
-    def paint(
-        self, where: tuple[slice, slice], mask: np.ndarray, label: int, instance: int, rgb: np.ndarray
-    ) -> None:
+    def paint(self, where: tuple[slice, slice], mask: np.ndarray, label: int, instance: int, rgb: np.ndarray) -> None:
         """Paint `rgb` [h, w, 3] (or [3]) over `mask` inside window `where`."""
         self.label[where][mask] = label
         self.instance[where][mask] = instance
@@ -363,9 +392,7 @@ def _draw_tree(c: _Canvas, rng: np.random.Generator, mode: int, cx: float, foot:
     c.paint(where, canopy | trunk, VEGETATION, VEGETATION, rgb)
 
 
-def _draw_hedge(
-    c: _Canvas, rng: np.random.Generator, mode: int, left: float, right: float, foot: float
-) -> None:
+def _draw_hedge(c: _Canvas, rng: np.random.Generator, mode: int, left: float, right: float, foot: float) -> None:
     height = 0.06 * c.h * rng.uniform(0.8, 1.4)
     phase = rng.uniform(0, 6)
     win = c.window(foot - 1.3 * height, left, foot, right)
@@ -628,8 +655,14 @@ def _scene_record(name: str, scene: Scene) -> dict[str, Any]:
         cls = class_of_instance(instance_id)
         mode = scene.modes[instance_id]
         instances.append(
-            {"id": instance_id, "label": cls, "class": CLASS_NAMES[cls], "mode": mode,
-             "mode_name": MODES[CLASS_NAMES[cls]][mode].name, "pixels": area}
+            {
+                "id": instance_id,
+                "label": cls,
+                "class": CLASS_NAMES[cls],
+                "mode": mode,
+                "mode_name": MODES[CLASS_NAMES[cls]][mode].name,
+                "pixels": area,
+            }
         )
     return {"name": name, "instances": instances}
 

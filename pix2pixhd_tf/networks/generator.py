@@ -9,7 +9,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pix2pixhd_tf.layers import AvgPoolExcludePad, ReflectionPad2D, ResnetBlock, TorchConvTranspose2D, conv, instance_norm
+from pix2pixhd_tf.layers import (
+    AvgPoolExcludePad,
+    ReflectionPad2D,
+    ResnetBlock,
+    TorchConvTranspose2D,
+    conv,
+    instance_norm,
+)
 
 _PACKAGE = "pix2pixhd_tf"
 
