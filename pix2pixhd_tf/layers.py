@@ -15,6 +15,22 @@ from keras import layers, ops
 _PACKAGE = "pix2pixhd_tf"
 
 
+class FunctionalNetwork(keras.Model):
+    """A functional model built in `__init__` whose config is its init arguments (`CONFIG` lists them).
+
+    Subclasses assign each argument to an attribute of the same name; `get_config` returns exactly those.
+    """
+
+    CONFIG: tuple[str, ...] = ()
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **{k: getattr(self, k) for k in self.CONFIG}}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 def conv_kernel_initializer() -> keras.initializers.Initializer:
     """The official `weights_init`: conv and transposed-conv kernels ~ N(0, 0.02)."""
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)

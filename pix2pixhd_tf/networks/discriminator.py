@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pix2pixhd_tf.layers import AvgPoolExcludePad, conv, instance_norm
+from pix2pixhd_tf.layers import AvgPoolExcludePad, FunctionalNetwork, conv, instance_norm
 
 _PACKAGE = "pix2pixhd_tf"
 _KW, _PADW = 4, 2  # kernel 4, padding ceil((4 - 1) / 2) = 2, as in the official code
@@ -24,13 +24,15 @@ def _conv_block(x, filters: int, in_channels: int, strides: int, name: str, norm
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class NLayerDiscriminator(keras.Model):
+class NLayerDiscriminator(FunctionalNetwork):
     """70×70-style PatchGAN returning the output of every block (n_layers_D + 2 tensors).
 
     The last tensor is the real/fake map (raw scores: the BCE loss applies the sigmoid itself, in a
     numerically stable form); the others are the features that feature matching compares. The final conv
     runs in float32 so mixed precision never rounds the scores.
     """
+
+    CONFIG = ("input_nc", "ndf", "n_layers_D")
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, **kwargs):
         inputs = keras.Input((None, None, input_nc), name="input")
@@ -49,27 +51,16 @@ class NLayerDiscriminator(keras.Model):
         self.ndf = ndf
         self.n_layers_D = n_layers_D
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "input_nc": self.input_nc,
-            "ndf": self.ndf,
-            "n_layers_D": self.n_layers_D,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MultiscaleDiscriminator(keras.Model):
+class MultiscaleDiscriminator(FunctionalNetwork):
     """num_D identical discriminators; output i comes from the one that sees the input downsampled i times.
 
     Sub-discriminators keep the official names: `scale{num_D-1}` judges full resolution, `scale0` the
     coarsest (the official forward pairs result i with scale num_D-1-i).
     """
+
+    CONFIG = ("input_nc", "ndf", "n_layers_D", "num_D")
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, num_D: int = 2, **kwargs):
         inputs = keras.Input((None, None, input_nc), name="input")
@@ -95,17 +86,3 @@ class MultiscaleDiscriminator(keras.Model):
     def scale(self, index: int) -> NLayerDiscriminator:
         """The sub-discriminator with official name `scale{index}`."""
         return self.get_layer(f"scale{index}")
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "input_nc": self.input_nc,
-            "ndf": self.ndf,
-            "n_layers_D": self.n_layers_D,
-            "num_D": self.num_D,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

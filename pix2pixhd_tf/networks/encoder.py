@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import keras
 
-from pix2pixhd_tf.layers import InstanceAveragePool
+from pix2pixhd_tf.layers import FunctionalNetwork, InstanceAveragePool
 from pix2pixhd_tf.networks.generator import global_trunk, output_head
 
 _PACKAGE = "pix2pixhd_tf"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Encoder(keras.Model):
+class Encoder(FunctionalNetwork):
     """An encoder-decoder (G1's down/up stacks, no residual blocks) whose output is averaged per instance.
 
     Inputs: the real image [N,H,W,input_nc] in [-1, 1] and the instance map [N,H,W] (int). Output: the
     pooled features [N,H,W,feat_num]; every pixel of an instance carries that instance's feature, which is
     what the generator sees and what k-means clusters.
     """
+
+    CONFIG = ("input_nc", "feat_num", "nef", "n_downsample_E")
 
     def __init__(self, input_nc: int = 3, feat_num: int = 3, nef: int = 16, n_downsample_E: int = 4, **kwargs):
         image = keras.Input((None, None, input_nc), name="image")
@@ -34,17 +36,3 @@ class Encoder(keras.Model):
     @property
     def size_multiple(self) -> int:
         return 2**self.n_downsample_E
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "input_nc": self.input_nc,
-            "feat_num": self.feat_num,
-            "nef": self.nef,
-            "n_downsample_E": self.n_downsample_E,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

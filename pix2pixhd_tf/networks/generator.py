@@ -11,6 +11,7 @@ from keras import layers
 
 from pix2pixhd_tf.layers import (
     AvgPoolExcludePad,
+    FunctionalNetwork,
     ReflectionPad2D,
     ResnetBlock,
     TorchConvTranspose2D,
@@ -75,8 +76,10 @@ def global_trunk(x, input_nc: int, ngf: int, n_downsampling: int, n_blocks: int,
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class GlobalGenerator(keras.Model):
+class GlobalGenerator(FunctionalNetwork):
     """G1, the global generator network (the paper's 1024×512 Cityscapes model at ngf 64)."""
+
+    CONFIG = ("input_nc", "output_nc", "ngf", "n_downsample_global", "n_blocks_global")
 
     def __init__(
         self,
@@ -101,26 +104,21 @@ class GlobalGenerator(keras.Model):
     def size_multiple(self) -> int:
         return 2**self.n_downsample_global
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "input_nc": self.input_nc,
-            "output_nc": self.output_nc,
-            "ngf": self.ngf,
-            "n_downsample_global": self.n_downsample_global,
-            "n_blocks_global": self.n_blocks_global,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LocalEnhancer(keras.Model):
+class LocalEnhancer(FunctionalNetwork):
     """G = {G1, G2, ...}: G1 at ngf·2^n works on the input downsampled n times; each enhancer doubles the
     resolution and adds its front-end features to the coarser generator's last feature map."""
+
+    CONFIG = (
+        "input_nc",
+        "output_nc",
+        "ngf",
+        "n_downsample_global",
+        "n_blocks_global",
+        "n_local_enhancers",
+        "n_blocks_local",
+    )
 
     def __init__(
         self,
@@ -171,20 +169,3 @@ class LocalEnhancer(keras.Model):
 
     def global_variables(self) -> list[keras.Variable]:
         return [v for layer in self.global_layers() for v in layer.trainable_variables]
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "input_nc": self.input_nc,
-            "output_nc": self.output_nc,
-            "ngf": self.ngf,
-            "n_downsample_global": self.n_downsample_global,
-            "n_blocks_global": self.n_blocks_global,
-            "n_local_enhancers": self.n_local_enhancers,
-            "n_blocks_local": self.n_blocks_local,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
