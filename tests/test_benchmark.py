@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmark tool: tiny networks, one or two calls, result structure and FLOP counting.
+
+No timing is asserted: the figures themselves come from `tools/benchmark.py` (see benchmarks/README.md).
+"""
+
+import keras
+import pytest
+
+from pix2pixhd_tf import benchmark, networks
+
+# label_nc 5 + instance = 6 input channels, ngf 8, 2 downsamples, 1 block, 2 tiny D scales.
+TINY = dict(label_nc=5, ngf=8, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1, ndf=8, n_layers_D=2)
+SIZE = (32, 32)
+TIMING_KEYS = {"first_call_s", "median_s", "mean_s", "min_s", "max_s", "times_s", "runs", "warmup", "load_before", "load_after"}
+
+
+def test_flops_of_hand_computable_convs():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)  # 6x6x4 outputs, 3x3x3 window each
+    x = keras.layers.Conv2DTranspose(2, 3, strides=2)(x)  # each of the 6x6x4 inputs spreads over 3x3x2 outputs
+    model = keras.Model(inputs, x)
+
+    rows = benchmark.conv_flops(model, 8, 8)
+
+    assert [r["kind"] for r in rows] == ["conv", "conv_transpose"]
+    assert rows[0]["output"] == [1, 6, 6, 4] and rows[1]["output"] == [1, 13, 13, 2]
+    assert rows[0]["flops"] == 2 * (6 * 6) * (3 * 3 * 3) * 4
+    assert rows[1]["flops"] == 2 * (6 * 6) * (3 * 3 * 4) * 2
+    assert benchmark.count_generator_flops(model, 8, 8) == 7776 + 5184
+
+
+@pytest.mark.parametrize("net", ["global", "local"])
+def test_generator_flops_match_torch_flop_counter(net):
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    opts = benchmark.benchmark_options(net, TINY)
+    ours = benchmark.count_generator_flops(networks.build_generator(opts), *SIZE)
+    reference = benchmark._torch_generator(benchmark.load_torch_reference(), opts)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        reference(torch.zeros(1, opts.generator_input_nc, *SIZE))
+    assert ours == counter.get_total_flops()
+
+
+def test_suites_return_records_and_markdown():
+    pytest.importorskip("torch")
+    common = dict(size=SIZE, runs=1, warmup=0, overrides=TINY)
+    records = benchmark.run_case("matmul_rate", dict(n=64, runs=1))
+    records += benchmark.run_case("generator_latency", dict(modes=["eager", "function"], **common))
+    records += benchmark.run_case("train_step_throughput", common)
+    # One torch thread: on a busy machine, tiny ops spend their time at OpenMP barriers, not computing.
+    records += benchmark.run_case("torch_generator_latency", dict(threads=1, **common))
+    records += benchmark.run_case("torch_train_step", dict(threads=1, **common))
+    for record in records:
+        record["onednn"] = "default"
+
+    matmul, eager, function, train, torch_gen, torch_train = records
+    assert matmul["tensorflow_gflops"] > 0 and matmul["numpy_gflops"] > 0
+    assert (eager["mode"], function["mode"]) == ("eager", "function")
+    for record in (eager, function, train, torch_gen, torch_train):
+        assert TIMING_KEYS <= record.keys() and len(record["times_s"]) == 1
+        assert record["peak_rss_mb"] > 0
+    assert eager["flops"] == torch_gen["torch_flops"] > 0
+    assert train["losses_finite"] and train["s_per_iter"] > 0 and train["images_per_s"] > 0
+    assert not train["vgg"] and not train["xla"]
+    assert torch_train["kind"] == "train" and torch_train["s_per_iter"] > 0
+
+    summary = benchmark.summarize(records)
+    assert summary["matmul_gflops"] == matmul["tensorflow_gflops"]
+    assert eager["fraction_of_matmul"] > 0 and eager["vs_torch_time"] > 0 and train["vs_torch_rss"] > 0
+    targets = benchmark.targets_from_records(records, summary["matmul_gflops"], size="32x32")
+    assert [t["met"] in (True, False) for t in targets] == [True] * 4  # train time and RSS, G time and matmul share
+    results = {
+        "environment": {**benchmark.environment(), "load_average_before": [0.1] * 3, "load_average_after": [0.2] * 3},
+        "records": records,
+        "targets": targets,
+        "errors": [],
+    }
+    markdown = benchmark.to_markdown(results)
+    for heading in ("matmul rate", "Generator forward", "Training iteration", "Targets"):
+        assert heading in markdown
+
+
+def test_isolated_case_reports_its_own_peak_rss():
+    (record,) = benchmark.run_isolated("matmul_rate", dict(n=64, runs=1, engines=["numpy"]), env={"BENCH_TEST": "1"})
+    assert record["numpy_gflops"] > 0 and "tensorflow_gflops" not in record
+    assert record["env"] == {"BENCH_TEST": "1"}
+    assert 0 < record["baseline_rss_mb"] <= record["peak_rss_mb"]
+
+
+def test_plan_and_sizes():
+    cases = benchmark.plan_cases(["train", "torch"], sizes=[(512, 1024), (256, 512)], nets=["global"], onednn=["default", "0"])
+    train = [c for c in cases if c.suite == "train"]
+    assert len(train) == 2 * 2 * 2  # oneDNN x VGG x XLA, at the smallest size only
+    assert {c.kwargs["size"] for c in train} == {(256, 512)}
+    assert {c.env.get("TF_ENABLE_ONEDNN_OPTS") for c in train} == {None, "0"}
+    assert [c.name for c in cases if c.suite == "torch"] == ["torch_generator_latency"] * 2 + ["torch_train_step"]
+    assert benchmark.parse_size("512x1024") == (512, 1024)
+    with pytest.raises(ValueError, match="unknown suites"):
+        benchmark.plan_cases(["speed"])
