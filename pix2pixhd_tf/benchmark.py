@@ -54,7 +54,9 @@ ONEDNN_SETTINGS = ("default", "0", "1")
 # 1024p local generator (ngf 32, one enhancer). Options' defaults already are G1's; only ngf differs.
 NET_OPTIONS = {
     "global": dict(netG="global", ngf=64, n_downsample_global=4, n_blocks_global=9),
-    "local": dict(netG="local", ngf=32, n_downsample_global=4, n_blocks_global=9, n_local_enhancers=1, n_blocks_local=3),
+    "local": dict(
+        netG="local", ngf=32, n_downsample_global=4, n_blocks_global=9, n_local_enhancers=1, n_blocks_local=3
+    ),
 }
 BASE_OPTIONS = dict(label_nc=35, num_D=2, n_layers_D=3, ndf=64, batchSize=1)
 
@@ -100,7 +102,9 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def wait_for_load(max_load: float, timeout_s: float, poll_s: float = 15.0, log: Callable[[str], None] = print) -> Record:
+def wait_for_load(
+    max_load: float, timeout_s: float, poll_s: float = 15.0, log: Callable[[str], None] = print
+) -> Record:
     """Wait until the 1-minute load average is below `max_load` (0 = do not wait), at most `timeout_s`.
 
     Returns {'waited_s', 'load', 'reached'}: a benchmark on a shared machine records whether it ran quiet.
@@ -111,7 +115,11 @@ def wait_for_load(max_load: float, timeout_s: float, poll_s: float = 15.0, log: 
         log(f"load average {load[0]:.2f} >= {max_load}: waiting")
         time.sleep(poll_s)
         load = load_average()
-    return {"waited_s": round(time.monotonic() - start, 1), "load": load, "reached": max_load <= 0 or load[0] < max_load}
+    return {
+        "waited_s": round(time.monotonic() - start, 1),
+        "load": load,
+        "reached": max_load <= 0 or load[0] < max_load,
+    }
 
 
 def _version(*dists: str) -> str | None:
@@ -123,7 +131,8 @@ def _version(*dists: str) -> str | None:
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -174,7 +183,7 @@ def environment() -> Record:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": affinity,
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_flags": _cpu_flags(),
         "memory_gib": mem_total,
         "python": platform.python_version(),
@@ -305,7 +314,9 @@ def conv_flops(model, h: int, w: int, batch: int = 1) -> list[Record]:
             continue
         if any(d is None for d in out_shape):
             raise ValueError(f"{op.name}: output shape {out_shape} is not static at {h}x{w}")
-        rows.append({"op": op.name, "kind": kind, "kernel": [kh, kw, cin, cout], "output": out_shape, "flops": 2 * macs})
+        rows.append(
+            {"op": op.name, "kind": kind, "kernel": [kh, kw, cin, cout], "output": out_shape, "flops": 2 * macs}
+        )
     layers = [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
@@ -596,7 +607,9 @@ def load_torch_reference():
 
 def _torch_generator(ref, opts: Options):
     if opts.netG == "global":
-        return ref.GlobalGenerator(opts.generator_input_nc, opts.output_nc, opts.ngf, opts.n_downsample_global, opts.n_blocks_global)
+        return ref.GlobalGenerator(
+            opts.generator_input_nc, opts.output_nc, opts.ngf, opts.n_downsample_global, opts.n_blocks_global
+        )
     return ref.LocalEnhancer(
         opts.generator_input_nc,
         opts.output_nc,
@@ -697,7 +710,9 @@ def torch_train_step(
     info = _torch_setup(threads)
     ref = load_torch_reference()
     generator = _torch_generator(ref, opts).train()
-    discriminator = ref.MultiscaleDiscriminator(opts.discriminator_input_nc, opts.ndf, opts.n_layers_D, opts.num_D, True)
+    discriminator = ref.MultiscaleDiscriminator(
+        opts.discriminator_input_nc, opts.ndf, opts.n_layers_D, opts.num_D, True
+    )
     opt_g = torch.optim.Adam(generator.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
     labels, instances = zip(*(random_label_maps(h, w, opts.label_nc, i) for i in range(batch)))
@@ -764,7 +779,9 @@ CASES: dict[str, Callable[..., Record | list[Record]]] = {
 }
 
 
-def _with_process_info(result: Record | list[Record], baseline_rss: float | None, env: Mapping[str, str]) -> list[Record]:
+def _with_process_info(
+    result: Record | list[Record], baseline_rss: float | None, env: Mapping[str, str]
+) -> list[Record]:
     records = result if isinstance(result, list) else [result]
     process = {
         "peak_rss_mb": peak_rss_mb(),
@@ -794,8 +811,18 @@ def run_isolated(
     child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **(env or {})}
     with tempfile.TemporaryDirectory(prefix="p2phd-bench-") as tmp:
         out = os.path.join(tmp, "records.json")
-        command = [sys.executable, "-m", "pix2pixhd_tf.benchmark", name, json.dumps(dict(kwargs)), out, json.dumps(dict(env or {}))]
-        proc = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=timeout_s, cwd=_repo_root())
+        command = [
+            sys.executable,
+            "-m",
+            "pix2pixhd_tf.benchmark",
+            name,
+            json.dumps(dict(kwargs)),
+            out,
+            json.dumps(dict(env or {})),
+        ]
+        proc = subprocess.run(
+            command, env=child_env, capture_output=True, text=True, timeout=timeout_s, cwd=_repo_root()
+        )
         if proc.returncode != 0 or not os.path.exists(out):
             tail = (proc.stdout + proc.stderr)[-3000:]
             raise RuntimeError(f"benchmark case {name}({kwargs}) failed with exit code {proc.returncode}:\n{tail}")
@@ -904,12 +931,25 @@ def plan_cases(
                 for size in train_sizes:
                     for use_vgg in vgg:
                         for use_xla in xla:
-                            kwargs = dict(net=net, size=size, batch=batch, vgg=use_vgg, xla=use_xla, runs=runs, warmup=warmup, **extra)
+                            kwargs = dict(
+                                net=net,
+                                size=size,
+                                batch=batch,
+                                vgg=use_vgg,
+                                xla=use_xla,
+                                runs=runs,
+                                warmup=warmup,
+                                **extra,
+                            )
                             cases.append(Case("train", "train_step_throughput", kwargs, _onednn_env(setting)))
     if "torch" in suites:
         for net in nets:
             for size in sizes:
-                cases.append(Case("torch", "torch_generator_latency", dict(net=net, size=size, runs=runs, warmup=warmup, **extra)))
+                cases.append(
+                    Case(
+                        "torch", "torch_generator_latency", dict(net=net, size=size, runs=runs, warmup=warmup, **extra)
+                    )
+                )
         for net in train_nets:
             for size in train_sizes:
                 kwargs = dict(net=net, size=size, batch=batch, runs=runs, warmup=warmup, **extra)
@@ -957,7 +997,12 @@ def run_benchmarks(
             records.append(record)
             log("    " + _one_line(record))
     env = {**env_before, "load_average_before": env_before.pop("load_average"), "load_average_after": load_average()}
-    results = {"environment": env, "cases": [dataclasses.asdict(c) for c in cases], "records": records, "errors": errors}
+    results = {
+        "environment": env,
+        "cases": [dataclasses.asdict(c) for c in cases],
+        "records": records,
+        "errors": errors,
+    }
     results["invocations"] = [{"environment": env, "cases": [case.label for case in cases]}]
     return finalize(results)
 
@@ -986,7 +1031,9 @@ def finalize(results: Record) -> Record:
     records = results["records"]
     results["summary"] = summarize(records)
     sizes = sorted({r["size"] for r in records if "size" in r}, key=lambda s: parse_size(s)[0] * parse_size(s)[1])
-    results["targets"] = [t for size in sizes for t in targets_from_records(records, results["summary"]["matmul_gflops"], size)]
+    results["targets"] = [
+        t for size in sizes for t in targets_from_records(records, results["summary"]["matmul_gflops"], size)
+    ]
     return results
 
 
@@ -1021,7 +1068,9 @@ def summarize(records: Sequence[Record]) -> Record:
     """
     matmul = _matmul_gflops(records)
     torch_gen = {(r["net"], r["size"]): r for r in records if r["suite"] == "torch" and r["kind"] == "generator"}
-    torch_train = {(r["net"], r["size"], r["batch"]): r for r in records if r["suite"] == "torch" and r["kind"] == "train"}
+    torch_train = {
+        (r["net"], r["size"], r["batch"]): r for r in records if r["suite"] == "torch" and r["kind"] == "train"
+    }
     tflite_fp32 = {(r["net"], r["size"]): r for r in records if r["suite"] == "tflite" and r["variant"] == "float32"}
     for r in records:
         if r["suite"] in ("generator", "tflite") and r.get("flops"):
@@ -1061,7 +1110,9 @@ def targets_from_records(records: Sequence[Record], matmul_gflops: float | None,
         targets.append({"target": target, "measured": measured, "met": met, "note": note})
 
     torch_train = _best(records, suite="torch", kind="train", net="global", size=size)
-    keras_train = [r for r in records if r["suite"] == "train" and r["net"] == "global" and r["size"] == size and not r["vgg"]]
+    keras_train = [
+        r for r in records if r["suite"] == "train" and r["net"] == "global" and r["size"] == size and not r["vgg"]
+    ]
     default_train = _best(keras_train, xla=False, onednn="default")
     best_train = _best(keras_train)
     if best_train and torch_train:
@@ -1095,7 +1146,11 @@ def targets_from_records(records: Sequence[Record], matmul_gflops: float | None,
             fraction >= TARGET_MATMUL_FRACTION,
         )
     fp32 = _best(records, suite="tflite", net="global", size=size, variant="float32")
-    quantized = [r for r in records if r["suite"] == "tflite" and r["net"] == "global" and r["size"] == size and r["variant"] != "float32"]
+    quantized = [
+        r
+        for r in records
+        if r["suite"] == "tflite" and r["net"] == "global" and r["size"] == size and r["variant"] != "float32"
+    ]
     if fp32 and quantized:
         best = min(quantized, key=lambda r: r["median_s"])
         fp32_keras = keras_gen["median_s"] if keras_gen else None
@@ -1199,9 +1254,17 @@ def to_markdown(results: Record) -> str:
             for e in ("tensorflow", "numpy", "torch")
             if f"{e}_gflops" in r
         ]
-        columns = [_col("engine", "engine"), _col("size", "size"), _col("best s", "best_s", ".3f"), _col("GFLOP/s", "gflops", ".1f"), _LOAD]
+        columns = [
+            _col("engine", "engine"),
+            _col("size", "size"),
+            _col("best s", "best_s", ".3f"),
+            _col("GFLOP/s", "gflops", ".1f"),
+            _LOAD,
+        ]
         out.append(_table(columns, rows))
-    gen = [{**r, "runtime": f"Keras {r['mode']}", "gflop": r["flops"] / 1e9} for r in records if r["suite"] == "generator"]
+    gen = [
+        {**r, "runtime": f"Keras {r['mode']}", "gflop": r["flops"] / 1e9} for r in records if r["suite"] == "generator"
+    ]
     gen += [
         {**r, "runtime": "PyTorch no_grad", "onednn": "–", "gflop": r["torch_flops"] / 1e9, "vs_torch_time": 1.0}
         for r in records
@@ -1227,7 +1290,13 @@ def to_markdown(results: Record) -> str:
         if r["suite"] == "torch" and r["kind"] == "train"
     ]
     if train:
-        out += ["", "## Training iteration (G + two-scale D forward/backward, two Adam updates)", "", _table(_TRAIN_COLUMNS, train), ""]
+        out += [
+            "",
+            "## Training iteration (G + two-scale D forward/backward, two Adam updates)",
+            "",
+            _table(_TRAIN_COLUMNS, train),
+            "",
+        ]
         ref = ISSUE_REFERENCE
         out.append(
             f"The issue's figures for the official PyTorch code on this CPU (256x512, ngf 64, num_D 2): "

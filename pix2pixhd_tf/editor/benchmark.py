@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pix2pixhd_tf.benchmark import cpu_model
 from pix2pixhd_tf.options import Options
 
 __all__ = ["cpu_model", "measure_edit_latency", "options_from_flagfile"]
@@ -60,18 +60,6 @@ def options_from_flagfile(path: str = DEFAULT_FLAGFILE, **overrides: Any) -> Opt
     define_flags(flag_values)
     flag_values(["options_from_flagfile", *_flagfile_args(path)])
     return options_from_flags(flag_values, **overrides)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure_edit_latency(
