@@ -159,7 +159,12 @@ def _cpu_flags() -> list[str]:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=_repo_root(), capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            cwd=_repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -394,15 +399,15 @@ def matmul_rate(n: int = 4096, runs: int = 5, engines: Sequence[str] = ("tensorf
             import tensorflow as tf
 
             ta, tb = tf.constant(a), tf.constant(b)
-            fn = lambda: tf.linalg.matmul(ta, tb).numpy()  # noqa: E731  (.numpy(): wait for the result)
+            fn = lambda ta=ta, tb=tb: tf.linalg.matmul(ta, tb).numpy()  # .numpy(): wait for the result
         elif engine == "numpy":
-            fn = lambda: a @ b  # noqa: E731
+            fn = lambda: a @ b
         elif engine == "torch":
             import torch
 
             torch.set_num_threads(os.cpu_count())
             pa, pb = torch.from_numpy(a), torch.from_numpy(b)
-            fn = lambda: torch.mm(pa, pb)  # noqa: E731
+            fn = lambda pa=pa, pb=pb: torch.mm(pa, pb)
         else:
             raise ValueError(f"unknown matmul engine {engine!r}")
         timing = time_calls(fn, runs, warmup=1)
@@ -452,10 +457,10 @@ def generator_latency(
     records = []
     for mode in modes:
         if mode == "eager":
-            fn = lambda: generator(x, training=False).numpy()  # noqa: E731
+            fn = lambda: generator(x, training=False).numpy()
         elif mode in ("function", "xla"):
             compiled = tf.function(lambda t: generator(t, training=False), jit_compile=mode == "xla", autograph=False)
-            fn = lambda c=compiled: c(x).numpy()  # noqa: E731
+            fn = lambda c=compiled: c(x).numpy()
         else:
             from pix2pixhd_tf.export import export_saved_model
 
@@ -465,7 +470,7 @@ def generator_latency(
             export_s = time.perf_counter() - start
             serving = tf.saved_model.load(path).signatures["serving_default"]
             inputs = {"label": tf.constant(label), "instance": tf.constant(instance)}
-            fn = lambda s=serving: s(**inputs)["image"].numpy()  # noqa: E731
+            fn = lambda s=serving, inputs=inputs: s(**inputs)["image"].numpy()
         record = {**common, "mode": mode, **time_calls(fn, runs, warmup)}
         if mode == "saved_model":
             record["export_s"] = round(export_s, 2)
@@ -562,7 +567,7 @@ def train_step_throughput(
     model.compile(*make_optimizers(opts))
     data = _random_batch(opts, h, w, batch)
     step = tf.function(model.train_step, jit_compile=xla)
-    fn = lambda: {k: float(v) for k, v in step(data).items()}  # noqa: E731  (float(): wait for the step)
+    fn = lambda: {k: float(v) for k, v in step(data).items()}  # float(): wait for the step
     timing = time_calls(fn, runs, warmup)
     return {
         "suite": "train",
@@ -821,7 +826,7 @@ def run_isolated(
             json.dumps(dict(env or {})),
         ]
         proc = subprocess.run(
-            command, env=child_env, capture_output=True, text=True, timeout=timeout_s, cwd=_repo_root()
+            command, check=False, env=child_env, capture_output=True, text=True, timeout=timeout_s, cwd=_repo_root()
         )
         if proc.returncode != 0 or not os.path.exists(out):
             tail = (proc.stdout + proc.stderr)[-3000:]
@@ -1013,7 +1018,7 @@ _RECORD_KEY = ("suite", "kind", "net", "size", "batch", "mode", "variant", "vgg"
 def merge_results(old: Record, new: Record) -> Record:
     """`new` added to `old` (e.g. a configuration re-run when the machine was quiet): a new record replaces
     an old one of the same configuration; the environment is the newest, each invocation's is kept."""
-    key = lambda r: tuple(r.get(k) for k in _RECORD_KEY)  # noqa: E731
+    key = lambda r: tuple(r.get(k) for k in _RECORD_KEY)
     replaced = {key(r) for r in new["records"]}
     rerun = {label for inv in new["invocations"] for label in inv["cases"]}
     merged = {
@@ -1213,9 +1218,27 @@ _TRAIN_COLUMNS = [
 ]  # fmt: skip
 
 
-def _table(columns, records: Sequence[Record]) -> str:
+def _order(r: Record) -> tuple:
+    """Rows by net, size, framework (Keras first), oneDNN setting, VGG, XLA, then runtime/variant."""
+    h, w = parse_size(r.get("size", "0x0"))
+    modes = GENERATOR_MODES + TFLITE_VARIANTS
+    return (
+        NETS.index(r["net"]) if r.get("net") in NETS else -1,
+        h * w,
+        r.get("framework") == "torch" or r["suite"] == "torch",
+        ("default", "1", "0", "–").index(r.get("onednn", "default")),
+        bool(r.get("vgg")),
+        bool(r.get("xla")),
+        modes.index(r.get("mode") or r.get("variant")) if (r.get("mode") or r.get("variant")) in modes else -1,
+    )
+
+
+def _table(columns, records: Sequence[Record], sort: bool = True) -> str:
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in records]
+    lines += [
+        "| " + " | ".join(cell(r) for _, cell in columns) + " |"
+        for r in (sorted(records, key=_order) if sort else records)
+    ]
     return "\n".join(lines)
 
 
@@ -1249,19 +1272,19 @@ def to_markdown(results: Record) -> str:
     if matmul:
         out += ["", "## fp32 matmul rate (the yardstick)", ""]
         rows = [
-            {"engine": e, "size": f"{r['n']}×{r['n']}", "best_s": r[f"{e}_best_s"], "gflops": r[f"{e}_gflops"], **r}
+            {"engine": e, "matrix": f"{r['n']}×{r['n']}", "best_s": r[f"{e}_best_s"], "gflops": r[f"{e}_gflops"], **r}
             for r in matmul
             for e in ("tensorflow", "numpy", "torch")
             if f"{e}_gflops" in r
         ]
         columns = [
             _col("engine", "engine"),
-            _col("size", "size"),
+            _col("matrix", "matrix"),
             _col("best s", "best_s", ".3f"),
             _col("GFLOP/s", "gflops", ".1f"),
             _LOAD,
         ]
-        out.append(_table(columns, rows))
+        out.append(_table(columns, rows, sort=False))
     gen = [
         {**r, "runtime": f"Keras {r['mode']}", "gflop": r["flops"] / 1e9} for r in records if r["suite"] == "generator"
     ]
@@ -1306,7 +1329,7 @@ def to_markdown(results: Record) -> str:
     if results.get("targets"):
         out += ["", "## Targets", ""]
         columns = [_col("target", "target"), _col("measured", "measured"), _col("met", "met")]
-        out.append(_table(columns, results["targets"]))
+        out.append(_table(columns, results["targets"], sort=False))
     if results.get("errors"):
         out += ["", "## Failed configurations", ""]
         out += [f"- `{e['case']}`: {(e['error'].strip().splitlines() or ['?'])[-1]}" for e in results["errors"]]

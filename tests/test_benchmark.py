@@ -11,7 +11,18 @@ from pix2pixhd_tf import benchmark, networks
 # label_nc 5 + instance = 6 input channels, ngf 8, 2 downsamples, 1 block, 2 tiny D scales.
 TINY = dict(label_nc=5, ngf=8, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1, ndf=8, n_layers_D=2)
 SIZE = (32, 32)
-TIMING_KEYS = {"first_call_s", "median_s", "mean_s", "min_s", "max_s", "times_s", "runs", "warmup", "load_before", "load_after"}
+TIMING_KEYS = {
+    "first_call_s",
+    "median_s",
+    "mean_s",
+    "min_s",
+    "max_s",
+    "times_s",
+    "runs",
+    "warmup",
+    "load_before",
+    "load_after",
+}
 
 
 def test_flops_of_hand_computable_convs():
@@ -81,6 +92,12 @@ def test_suites_return_records_and_markdown():
     for heading in ("matmul rate", "Generator forward", "Training iteration", "Targets"):
         assert heading in markdown
 
+    # A re-measured configuration replaces its old record; the others stay.
+    rerun = {**results, "records": [{**train, "median_s": 1e3}], "cases": [], "invocations": [{"cases": ["rerun"]}]}
+    merged = benchmark.merge_results({**results, "invocations": []}, rerun)
+    assert len(merged["records"]) == len(records)
+    assert [r["median_s"] for r in merged["records"] if r["suite"] == "train"] == [1e3]
+
 
 def test_isolated_case_reports_its_own_peak_rss():
     (record,) = benchmark.run_isolated("matmul_rate", dict(n=64, runs=1, engines=["numpy"]), env={"BENCH_TEST": "1"})
@@ -90,7 +107,9 @@ def test_isolated_case_reports_its_own_peak_rss():
 
 
 def test_plan_and_sizes():
-    cases = benchmark.plan_cases(["train", "torch"], sizes=[(512, 1024), (256, 512)], nets=["global"], onednn=["default", "0"])
+    cases = benchmark.plan_cases(
+        ["train", "torch"], sizes=[(512, 1024), (256, 512)], nets=["global"], onednn=["default", "0"]
+    )
     train = [c for c in cases if c.suite == "train"]
     assert len(train) == 2 * 2 * 2  # oneDNN x VGG x XLA, at the smallest size only
     assert {c.kwargs["size"] for c in train} == {(256, 512)}

@@ -36,8 +36,12 @@ flags.DEFINE_integer("runs", 5, "Timed calls per configuration (the median is re
 flags.DEFINE_integer("warmup", 1, "Untimed calls after the first one (which is reported as first_call_s).")
 flags.DEFINE_integer("matmul_n", 4096, "Side of the square fp32 matmul that measures the machine's rate.")
 flags.DEFINE_integer("matmul_runs", 5, "Matmul repetitions (the best is reported).")
-flags.DEFINE_float("max_load", 0.0, "Before each configuration wait until the 1-minute load average is below this (0 = don't).")
-flags.DEFINE_float("load_timeout_s", 1800, "Wait at most this long for --max_load, then run anyway (the load is recorded).")
+flags.DEFINE_float(
+    "max_load", 0.0, "Before each configuration wait until the 1-minute load average is below this (0 = don't)."
+)
+flags.DEFINE_float(
+    "load_timeout_s", 1800, "Wait at most this long for --max_load, then run anyway (the load is recorded)."
+)
 flags.DEFINE_float("case_timeout_s", 3600, "Give up on a configuration after this many seconds.")
 flags.DEFINE_bool("isolate", True, "Run each configuration in a fresh process (needed for peak RSS and --onednn).")
 flags.DEFINE_bool("tiny", False, "Benchmark a tiny network (ngf 8, 2 downsamples, 1 block) to check the tool quickly.")
