@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 import keras
 import numpy as np
 
-from pix2pixhd_tf.layers import ResnetBlock, TorchConvTranspose2D
+from pix2pixhd_tf.layers import InstanceNormalization, ResnetBlock, TorchConvTranspose2D
 from pix2pixhd_tf.networks import (
     Encoder,
     GlobalGenerator,
@@ -191,7 +191,7 @@ def _generator_slots(network: keras.Model) -> Iterator[_Slot]:
             yield _Slot(prefix, "conv_transpose", layer.conv)
         elif isinstance(layer, keras.layers.Conv2D):
             yield _Slot(prefix, "conv", layer)
-        elif isinstance(layer, keras.layers.GroupNormalization):
+        elif isinstance(layer, InstanceNormalization):
             yield _Slot(prefix, "norm", layer)
 
 

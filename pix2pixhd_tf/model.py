@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from pix2pixhd_tf import losses, networks
 from pix2pixhd_tf.inputs import check_image_size, encode_input
+from pix2pixhd_tf.optimizers import FusedAdam
 from pix2pixhd_tf.options import Options
 
 G_LOSSES = ("G_GAN", "G_GAN_Feat", "G_VGG")
@@ -342,9 +343,8 @@ def _loss_scaled(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Opti
 
 
 def make_optimizers(opts: Options, lr: float | None = None) -> tuple[keras.optimizers.Optimizer, ...]:
-    """Adam(lr, beta1, 0.999, eps 1e-8) for G(+E) and for D, as the official (PyTorch-default) code. The LR is a variable the
-    trainer sets per epoch (constant for niter epochs, then linear decay)."""
+    """Adam(lr, beta1, 0.999, eps 1e-8) for G(+E) and for D, as the official (PyTorch-default) code, with the
+    fused update kernel. The LR is a variable the trainer sets per epoch (constant for niter epochs, then
+    linear decay)."""
     lr = opts.lr if lr is None else lr
-    return tuple(
-        keras.optimizers.Adam(lr, beta_1=opts.beta1, beta_2=0.999, epsilon=1e-8, name=n) for n in ("g_adam", "d_adam")
-    )
+    return tuple(FusedAdam(lr, beta_1=opts.beta1, beta_2=0.999, epsilon=1e-8, name=n) for n in ("g_adam", "d_adam"))

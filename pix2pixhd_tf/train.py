@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -102,7 +103,14 @@ class TrainResult:
 class Trainer:
     """Owns the strategy, the model, its checkpoint and the logs of one experiment."""
 
-    def __init__(self, opts: Options, strategy: tf.distribute.Strategy | None = None, vgg: keras.Model | None = None):
+    def __init__(
+        self,
+        opts: Options,
+        strategy: tf.distribute.Strategy | None = None,
+        vgg: keras.Model | None = None,
+        optimizers: Callable[[Options], tuple] = make_optimizers,
+    ):
+        """`optimizers(opts)` makes G's and D's optimizers (inside the strategy scope); Adam by default."""
         self.opts = opts
         set_precision_policy(opts)
         self.strategy = strategy or distribute.make_strategy(opts)
@@ -112,7 +120,7 @@ class Trainer:
         keras.utils.set_random_seed(opts.seed)
         with self.strategy.scope():
             self.model = Pix2PixHD.from_options(opts, vgg=vgg)
-            self.model.compile(*make_optimizers(opts))
+            self.model.compile(*optimizers(opts))
         self.position = ckpt.TrainingPosition()  # host-side counters: plain, not mirrored, variables
         self.checkpoint = ckpt.make_checkpoint(
             self.model.generator,
@@ -346,9 +354,11 @@ def _palette(opts: Options) -> np.ndarray | None:
     return None
 
 
-def train(opts: Options, max_steps: int | None = None) -> TrainResult:
+def train(
+    opts: Options, max_steps: int | None = None, optimizers: Callable[[Options], tuple] = make_optimizers
+) -> TrainResult:
     """Prepare the data, build or resume the experiment and train it."""
     prepare_data(opts)
-    trainer = Trainer(opts)
+    trainer = Trainer(opts, optimizers=optimizers)
     trainer.restore_or_initialise()
     return trainer.train(max_steps=max_steps)

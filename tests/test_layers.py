@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from pix2pixhd_tf.layers import (
     AvgPoolExcludePad,
     InstanceAveragePool,
+    InstanceNormalization,
+    LeakyReLU,
     ReflectionPad2D,
     ResnetBlock,
     TorchConvTranspose2D,
     instance_norm,
 )
-from pix2pixhd_tf.networks import GlobalGenerator
+from pix2pixhd_tf.networks import GlobalGenerator, NLayerDiscriminator
 from tests.helpers import config_round_trip
 
 rng = np.random.default_rng(0)
@@ -81,11 +83,80 @@ def test_instance_average_pool_is_the_mean_of_each_batch_and_instance_region():
     assert not np.allclose(out[0][mask], out[1][mask])  # batch 1 has the same ids but its own means
 
 
-def test_instance_norm_equals_torch_instance_norm():
-    x = (3 * rng.standard_normal((2, 6, 5, 4)) + 1).astype(np.float32)
-    out = np.asarray(instance_norm()(x))
-    expected = _nhwc(F.instance_norm(_nchw(x), eps=1e-5))
+def _value_and_input_grad(fn, x: np.ndarray, upstream: np.ndarray, dtype=tf.float32):
+    x = tf.constant(x, dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    return np.asarray(tf.cast(y, tf.float32)), np.asarray(tf.cast(tape.gradient(loss, x), tf.float32))
+
+
+def _torch_value_and_input_grad(fn, x: np.ndarray, upstream: np.ndarray):
+    xt = _nchw(x).requires_grad_(True)
+    y = fn(xt)
+    (y * _nchw(upstream)).sum().backward()
+    return _nhwc(y.detach()), _nhwc(xt.grad)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_and_its_gradient_equal_torch(batch):
+    # Batch 1 uses the fused kernel directly; larger batches fold the batch into the channels.
+    x = (3 * rng.standard_normal((batch, 6, 5, 4)) + 1).astype(np.float32)
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    out, grad = _value_and_input_grad(instance_norm(), x, upstream)
+    expected, expected_grad = _torch_value_and_input_grad(lambda t: F.instance_norm(t, eps=1e-5), x, upstream)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-5)
+    assert np.abs(grad).max() > 0.1  # a real gradient, not zeros
+
+
+def test_instance_norm_with_an_unknown_batch_size_in_a_graph():
+    layer = instance_norm()
+    fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 4))])
+    x = (3 * rng.standard_normal((2, 6, 5, 4)) - 2).astype(np.float32)
+    expected = _nhwc(F.instance_norm(_nchw(x), eps=1e-5))
+    np.testing.assert_allclose(fn(x), expected, atol=1e-5)
+    np.testing.assert_allclose(fn(x[:1]), expected[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_instance_norm_in_half_precision_keeps_the_input_dtype(dtype):
+    x = (3 * rng.standard_normal((2, 8, 8, 4)) + 1).astype(np.float32)
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    layer = InstanceNormalization(dtype=f"mixed_{dtype}")
+    assert layer(tf.constant(x, dtype)).dtype == dtype
+    out, grad = _value_and_input_grad(layer, x, upstream, dtype=dtype)
+    expected, expected_grad = _torch_value_and_input_grad(lambda t: F.instance_norm(t, eps=1e-5), x, upstream)
+    tol = 0.05 if dtype == "bfloat16" else 5e-3
+    np.testing.assert_allclose(out, expected, atol=tol)
+    np.testing.assert_allclose(grad, expected_grad, atol=tol)
+
+
+def test_leaky_relu_value_and_gradient_equal_torch():
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    out, grad = _value_and_input_grad(LeakyReLU(0.2), x, upstream)
+    expected, expected_grad = _torch_value_and_input_grad(lambda t: F.leaky_relu(t, 0.2), x, upstream)
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-7)
+
+
+def test_training_graph_of_the_discriminator_keeps_grappler_fusions(capfd):
+    """With TF's own LeakyReluGrad, grappler's remapper fails on a PatchGAN's training graph ("remapper
+    failed", every fusion of the graph dropped); the output-based gradient must not trip it."""
+    discriminator = NLayerDiscriminator(3, ndf=8, n_layers_D=3)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.add_n([tf.reduce_sum(t) for t in discriminator(x)])
+        return tape.gradient(loss, [x] + discriminator.trainable_variables)
+
+    grads = step(tf.ones((1, 32, 32, 3)))
+    assert all(g is not None for g in grads)
+    assert "remapper failed" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -96,8 +167,18 @@ def test_instance_norm_equals_torch_instance_norm():
         (lambda: AvgPoolExcludePad(name="pool"), [(1, 5, 5, 2)]),
         (lambda: ResnetBlock(4, name="block"), [(1, 6, 6, 4)]),
         (lambda: InstanceAveragePool(name="inst_pool"), [(1, 4, 4, 2), (1, 4, 4)]),
+        (lambda: instance_norm(name="norm"), [(2, 4, 4, 3)]),
+        (lambda: LeakyReLU(0.3, name="lrelu"), [(1, 4, 4, 2)]),
     ],
-    ids=["ReflectionPad2D", "TorchConvTranspose2D", "AvgPoolExcludePad", "ResnetBlock", "InstanceAveragePool"],
+    ids=[
+        "ReflectionPad2D",
+        "TorchConvTranspose2D",
+        "AvgPoolExcludePad",
+        "ResnetBlock",
+        "InstanceAveragePool",
+        "InstanceNormalization",
+        "LeakyReLU",
+    ],
 )
 def test_config_round_trip_gives_the_same_layer(make_layer, shapes):
     layer = make_layer()

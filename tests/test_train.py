@@ -17,6 +17,7 @@ from pix2pixhd_tf import checkpoint as ckpt
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.train import Trainer, learning_rate, prepare_data, train
+from tests.helpers import sgd_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_SCRIPT = os.path.join(REPO, "tests", "train_worker.py")
@@ -146,7 +147,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_workers(tmp_path, opts: Options, n: int, out_prefix: str) -> list[dict]:
+def _run_workers(tmp_path, opts: Options, n: int, out_prefix: str, *worker_args: str) -> list[dict]:
     ports = [_free_port() for _ in range(n)]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -154,7 +155,7 @@ def _run_workers(tmp_path, opts: Options, n: int, out_prefix: str) -> list[dict]
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
         env["CUDA_VISIBLE_DEVICES"] = ""
         out = str(tmp_path / f"{out_prefix}{i}.npz")
-        cmd = [sys.executable, WORKER_SCRIPT, json.dumps(opts.__dict__), out]
+        cmd = [sys.executable, WORKER_SCRIPT, json.dumps(opts.__dict__), out, *worker_args]
         procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out))
     results = []
     for proc, out in procs:
@@ -171,31 +172,49 @@ def _run_workers(tmp_path, opts: Options, n: int, out_prefix: str) -> list[dict]
 
 @pytest.mark.slow
 def test_multi_worker_training_matches_a_single_process(tmp_path):
-    """Two MultiWorkerMirroredStrategy workers on loopback, one sample each, equal one process with batch 2."""
-    common = dict(batchSize=2, serial_batches=True, no_flip=True, niter=1, niter_decay=0, steps_per_epoch=3)
+    """Two MultiWorkerMirroredStrategy workers on loopback, one sample each, equal one process with batch 2.
+
+    Plain SGD, not Adam: an SGD update is lr x gradient, so a wrongly scaled or missing all-reduce shows, and
+    float rounding stays rounding. Adam normalises each update: the rounding noise in gradients that are
+    exactly zero in theory (conv biases before instance norm) becomes +-lr steps that differ between one-
+    and two-sample kernels, and those perturbations grow over the steps into differences in every weight.
+    """
+    common = dict(batchSize=2, serial_batches=True, no_flip=True, niter=1, niter_decay=0, steps_per_epoch=3, lr=0.1)
     opts = tiny_train_options(tmp_path, strategy="multi_worker", **common)
     prepare_data(opts)
-    workers = _run_workers(tmp_path, opts, 2, "worker")
+    workers = _run_workers(tmp_path, opts, 2, "worker", "sgd")
 
-    single = train(tiny_train_options(tmp_path, name="single", **common))
+    single = train(tiny_train_options(tmp_path, name="single", **common), optimizers=lambda _: sgd_pair())
     for name in workers[0]:
         np.testing.assert_array_equal(workers[0][name], workers[1][name])  # replicas stay in sync exactly
+    initial = [np.array(v) for v in Trainer(tiny_train_options(tmp_path, name="fresh")).model.generator.weights]
     G = networks.build_generator(opts)
     G.set_weights([workers[0][f"g{i}"] for i in range(len(G.weights))])
-    for i, v in enumerate(single.model.generator.weights):
-        if v.path.endswith("kernel") or i == len(G.weights) - 1:
-            # The all-reduce sums two half-batch gradients instead of one batch: float32 rounding only.
-            np.testing.assert_allclose(workers[0][f"g{i}"], np.array(v), rtol=0, atol=2e-6, err_msg=v.path)
-    # Conv biases followed by instance norm are left out above: their true gradient is exactly zero, so
-    # Adam's normalisation turns float noise into +-lr steps; they cannot change the output, which matches.
+    largest_step = 0.0
+    for i, (v, start) in enumerate(zip(single.model.generator.weights, initial)):
+        if not (v.path.endswith("kernel") or i == len(initial) - 1):
+            continue  # conv biases before instance norm: true gradient 0, only rounding noise moves them
+        step = np.abs(np.array(v) - start).max()
+        largest_step = max(largest_step, step)
+        # The all-reduce sums two one-sample gradients instead of one two-sample batch: float32 rounding only,
+        # i.e. tiny next to how far the weights moved (a halved or unreduced gradient would be off by ~step).
+        np.testing.assert_allclose(workers[0][f"g{i}"], np.array(v), rtol=0, atol=1e-6 + 1e-4 * step, err_msg=v.path)
+    assert largest_step > 0.01  # three SGD steps really trained G
     x = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, opts.generator_input_nc)).astype("float32")
-    np.testing.assert_allclose(G(x), single.model.generator(x), rtol=0, atol=1e-5)
+    expected = np.asarray(single.model.generator(x))
+    G0 = networks.build_generator(opts)
+    G0.set_weights(initial)
+    output_change = np.abs(expected - np.asarray(G0(x))).max()
+    assert output_change > 0.1
+    np.testing.assert_allclose(G(x), expected, rtol=0, atol=1e-3 * output_change)
 
     # The chief (worker 0) alone wrote the checkpoint; it resumes in a single process.
     base = os.path.join(opts.checkpoints_dir, opts.name)
     assert ckpt.available_checkpoints(base) == ["epoch_1", "latest"]
     assert not any(n.startswith(".worker") for n in os.listdir(base))
-    resumed = Trainer(opts.replace(strategy="default", continue_train=True, niter_decay=1))
+    resumed = Trainer(
+        opts.replace(strategy="default", continue_train=True, niter_decay=1), optimizers=lambda _: sgd_pair()
+    )
     resumed.restore_or_initialise()
     assert int(resumed.position.epoch) == 2 and int(resumed.position.global_step) == 3
     for i, v in enumerate(resumed.model.generator.weights):

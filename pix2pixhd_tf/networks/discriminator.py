@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pix2pixhd_tf.layers import AvgPoolExcludePad, FunctionalNetwork, conv, instance_norm
+from pix2pixhd_tf.layers import AvgPoolExcludePad, FunctionalNetwork, LeakyReLU, conv, instance_norm
 
 _PACKAGE = "pix2pixhd_tf"
 _KW, _PADW = 4, 2  # kernel 4, padding ceil((4 - 1) / 2) = 2, as in the official code
@@ -19,7 +19,7 @@ def _conv_block(x, filters: int, in_channels: int, strides: int, name: str, norm
     if norm:
         x = instance_norm(f"{name}_norm")(x)
     if activation:
-        x = layers.LeakyReLU(0.2, name=f"{name}_lrelu")(x)
+        x = LeakyReLU(0.2, name=f"{name}_lrelu")(x)
     return x
 
 
