@@ -223,6 +223,45 @@ class AvgPoolExcludePad(layers.Layer):
         return (n, half(h), half(w), c)
 
 
+# At and above this many channels, 3x3 convolutions run as one matrix product (see conv3x3_as_matmul).
+MATMUL_CONV_MIN_CHANNELS = 512
+
+
+def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """A stride-1 "valid" 3x3 convolution as one matrix product over the nine shifted views of `x` (im2col).
+
+    On a CPU, TensorFlow's default (oneDNN) convolution of G1's 1024-channel residual blocks at 16x32 reaches
+    ~100 GFLOP/s on two cores, a matrix product of the same FLOPs ~270 (measured: 94 vs 37 ms); below
+    ~512 channels the convolution kernel wins. The gradient rebuilds the shifted views (cheap at these sizes)
+    instead of keeping them alive, so training memory does not grow by 9x the block's input.
+    """
+    channels, filters = x.shape[-1], kernel.shape[-1]
+
+    def columns(x):
+        shape = tf.shape(x)
+        h, w = shape[1] - 2, shape[2] - 2
+        views = [x[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)]
+        return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * channels]), shape[0], h, w
+
+    @tf.custom_gradient
+    def convolve(x, kernel):
+        matrix = tf.reshape(kernel, [9 * channels, filters])  # rows ordered (kh, kw, in), as the views
+        cols, n, h, w = columns(x)
+        y = tf.reshape(tf.matmul(cols, matrix), [n, h, w, filters])
+
+        def grad(dy):
+            dy = tf.reshape(dy, [-1, filters])
+            d_kernel = tf.reshape(tf.matmul(columns(x)[0], dy, transpose_a=True), tf.shape(kernel))
+            d_cols = tf.reshape(tf.matmul(dy, matrix, transpose_b=True), [n, h, w, 9, channels])
+            pads = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
+            d_x = tf.add_n([tf.pad(d_cols[:, :, :, t, :], pad) for t, pad in enumerate(pads)])
+            return d_x, d_kernel
+
+        return y, grad
+
+    return convolve(x, kernel)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ResnetBlock(layers.Layer):
     """The official ResnetBlock: x + [pad, conv3, IN, ReLU, pad, conv3, IN](x), no activation after."""
@@ -243,9 +282,16 @@ class ResnetBlock(layers.Layer):
             norm.build(input_shape)
 
     def call(self, x):
-        y = ops.relu(self.norm1(self.conv1(self.pad(x))))
-        y = self.norm2(self.conv2(self.pad(y)))
+        y = ops.relu(self.norm1(self._conv(self.conv1, x)))
+        y = self.norm2(self._conv(self.conv2, y))
         return x + y
+
+    def _conv(self, layer: layers.Conv2D, x):
+        x = self.pad(x)
+        if self.dim < MATMUL_CONV_MIN_CHANNELS:
+            return layer(x)
+        y = conv3x3_as_matmul(x, ops.cast(layer.kernel, x.dtype))
+        return tf.nn.bias_add(y, ops.cast(layer.bias, y.dtype))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -603,6 +603,26 @@ def test_tflite_variants_match_keras(exported, tmp_path, capsys):
         export.export_tflite(opts, str(tmp_path), size=(H, 22), generator=G)
 
 
+def test_tflite_of_a_wide_generator_whose_blocks_run_as_matmuls(tmp_path):
+    """512-channel residual blocks take the im2col matmul path (layers.conv3x3_as_matmul): it converts,
+    quantises (dynamic range covers the matmul's weights) and gives Keras' image. Four downsamplings and
+    wider layers add more int8 rounding than the tiny generator: dynamic range is held to the bounds the
+    full G1 meets in benchmarks/results_cpu.md (max 0.34, mean 0.043; measured here ~0.17 and ~0.028)."""
+    bounds = {"float32": (TFLITE_MAX_ABS["float32"], TFLITE_MEAN_ABS["float32"]), "dynamic_range": (0.4, 0.05)}
+    opts = Options(**{**TINY, "ngf": 32, "n_downsample_global": 4})
+    keras.utils.set_random_seed(3)
+    G = networks.build_generator(opts)
+    label, instance = _maps(1, 32, 48)
+    reference = _keras_image(G, opts, label, instance)
+    paths = export.export_tflite(opts, str(tmp_path), size=(32, 48), generator=G, variants=("float32", "dynamic_range"))
+    float_size, quantised_size = (os.path.getsize(paths[v]) for v in ("float32", "dynamic_range"))
+    assert quantised_size < 0.3 * float_size  # the block weights (most of the model) are stored as int8
+    for variant, path in paths.items():
+        diff = np.abs(export.run_tflite(path, {"label": label, "instance": instance})["image_float"] - reference)
+        assert diff.max() < bounds[variant][0], (variant, diff.max())
+        assert diff.mean() < bounds[variant][1], (variant, diff.mean())
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 

@@ -15,8 +15,10 @@ from pix2pixhd_tf.layers import (
     InstanceNormalization,
     LeakyReLU,
     ReflectionPad2D,
+    MATMUL_CONV_MIN_CHANNELS,
     ResnetBlock,
     TorchConvTranspose2D,
+    conv3x3_as_matmul,
     instance_norm,
 )
 from pix2pixhd_tf.networks import GlobalGenerator, NLayerDiscriminator
@@ -157,6 +159,42 @@ def test_training_graph_of_the_discriminator_keeps_grappler_fusions(capfd):
     grads = step(tf.ones((1, 32, 32, 3)))
     assert all(g is not None for g in grads)
     assert "remapper failed" not in capfd.readouterr().err
+
+
+def test_conv3x3_as_matmul_and_its_gradients_equal_conv2d():
+    x = rng.standard_normal((2, 7, 9, 5)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
+    upstream = rng.standard_normal((2, 5, 7, 4)).astype(np.float32)
+    results = []
+    for fn in (lambda x, k: tf.nn.conv2d(x, k, 1, "VALID"), conv3x3_as_matmul):
+        x_t, k_t = tf.constant(x), tf.constant(kernel)
+        with tf.GradientTape() as tape:
+            tape.watch([x_t, k_t])
+            loss = tf.reduce_sum(fn(x_t, k_t) * upstream)
+        results.append([fn(x_t, k_t), *tape.gradient(loss, [x_t, k_t])])
+    for got, expected in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    signature = [tf.TensorSpec((None, None, None, 5)), tf.TensorSpec(kernel.shape)]
+    dynamic = tf.function(conv3x3_as_matmul, input_signature=signature)
+    np.testing.assert_allclose(dynamic(x, kernel), results[0][0], atol=1e-5)
+
+
+def test_wide_resnet_block_takes_the_matmul_path_and_equals_torch():
+    dim = MATMUL_CONV_MIN_CHANNELS
+    block = ResnetBlock(dim)
+    x = rng.standard_normal((1, 5, 6, dim)).astype(np.float32)
+    out = np.asarray(block(x))
+
+    def torch_conv(t, layer):
+        weight = torch.from_numpy(np.array(layer.kernel).transpose(3, 2, 0, 1).copy())
+        return F.conv2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), weight, torch.from_numpy(np.array(layer.bias)))
+
+    t = _nchw(x)
+    y = F.relu(F.instance_norm(torch_conv(t, block.conv1), eps=1e-5))
+    expected = _nhwc(t + F.instance_norm(torch_conv(y, block.conv2), eps=1e-5))
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    graph = tf.function(block).get_concrete_function(tf.TensorSpec((1, 5, 6, dim))).graph
+    assert not any(op.type == "Conv2D" for op in graph.get_operations())  # the matmul path, not a conv
 
 
 @pytest.mark.parametrize(
