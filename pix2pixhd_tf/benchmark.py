@@ -288,7 +288,8 @@ def conv_flops(model, h: int, w: int, batch: int = 1) -> list[Record]:
     """Every convolution of one forward of `model` at batch×h×w: its op name, output shape and FLOPs.
 
     The model is traced once at a fixed input shape, and each Conv2D / Conv2DBackpropInput (transposed
-    conv) op of that graph is read with its static shapes. Its conv layers are also found by walking
+    conv) / MatMul (a 3x3 conv as im2col matmul; generators have no dense layers) op of that graph is read
+    with its static shapes. Its conv layers are also found by walking
     the model's layers (nested ones included), and the two must agree: one op per layer call.
 
     Raises:
@@ -313,6 +314,10 @@ def conv_flops(model, h: int, w: int, batch: int = 1) -> list[Record]:
             n, hi, wi, _ = op.inputs[2].shape.as_list()
             macs = n * hi * wi * kh * kw * cin * cout
             kind, out_shape = "conv_transpose", op.outputs[0].shape.as_list()
+        elif op.type == "MatMul":  # a 3x3 conv run as an im2col matmul (layers.conv3x3_as_matmul)
+            (m, k), cout = op.inputs[0].shape.as_list(), op.outputs[0].shape[-1]
+            macs, cin, kh, kw = m * k * cout, k // 9, 3, 3
+            kind, out_shape = "conv_as_matmul", op.outputs[0].shape.as_list()
         elif "Conv" in op.type and "Backprop" not in op.type:
             raise ValueError(f"conv_flops does not know the op {op.type} ({op.name})")
         else:

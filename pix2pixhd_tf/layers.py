@@ -6,6 +6,7 @@ layers pad explicitly and then run "valid" so that converted official weights gi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -223,8 +224,15 @@ class AvgPoolExcludePad(layers.Layer):
         return (n, half(h), half(w), c)
 
 
-# At and above this many channels, 3x3 convolutions run as one matrix product (see conv3x3_as_matmul).
+# On CPUs, residual blocks with at least this many channels run their 3x3 convs as one matrix product
+# (see conv3x3_as_matmul).
 MATMUL_CONV_MIN_CHANNELS = 512
+
+
+@functools.cache
+def _has_gpu() -> bool:
+    """GPU convolutions (cuDNN) need no im2col workaround, which would only cost memory there."""
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -232,16 +240,18 @@ def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
     On a CPU, TensorFlow's default (oneDNN) convolution of G1's 1024-channel residual blocks at 16x32 reaches
     ~100 GFLOP/s on two cores, a matrix product of the same FLOPs ~270 (measured: 94 vs 37 ms); below
-    ~512 channels the convolution kernel wins. The gradient rebuilds the shifted views (cheap at these sizes)
-    instead of keeping them alive, so training memory does not grow by 9x the block's input.
+    ~512 channels the convolution kernel wins. The gradient rebuilds the shifted views instead of keeping them
+    alive (9x each block input): for G1 at 256x512 that saves 260 MB of peak training memory and costs 0.4 s
+    of a 4.3 s step (benchmarks/README.md); at 1024x2048 keeping them would cost 5 GB.
     """
     channels, filters = x.shape[-1], kernel.shape[-1]
 
     def columns(x):
-        shape = tf.shape(x)
-        h, w = shape[1] - 2, shape[2] - 2
+        # Static sizes where known keep the matmul's shape static (FLOP counting, XLA).
+        n, h, w = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in range(3))
+        h, w = h - 2, w - 2
         views = [x[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)]
-        return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * channels]), shape[0], h, w
+        return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * channels]), n, h, w
 
     @tf.custom_gradient
     def convolve(x, kernel):
@@ -250,8 +260,12 @@ def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         y = tf.reshape(tf.matmul(cols, matrix), [n, h, w, filters])
 
         def grad(dy):
+            # Rebuild the views only once dy exists: without the dependency grappler merges them with the
+            # forward's identical ones and keeps those alive through the whole backward pass.
+            with tf.control_dependencies([dy]):
+                x_again = tf.identity(x)
             dy = tf.reshape(dy, [-1, filters])
-            d_kernel = tf.reshape(tf.matmul(columns(x)[0], dy, transpose_a=True), tf.shape(kernel))
+            d_kernel = tf.reshape(tf.matmul(columns(x_again)[0], dy, transpose_a=True), tf.shape(kernel))
             d_cols = tf.reshape(tf.matmul(dy, matrix, transpose_b=True), [n, h, w, 9, channels])
             pads = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
             d_x = tf.add_n([tf.pad(d_cols[:, :, :, t, :], pad) for t, pad in enumerate(pads)])
@@ -288,7 +302,7 @@ class ResnetBlock(layers.Layer):
 
     def _conv(self, layer: layers.Conv2D, x):
         x = self.pad(x)
-        if self.dim < MATMUL_CONV_MIN_CHANNELS:
+        if self.dim < MATMUL_CONV_MIN_CHANNELS or _has_gpu():
             return layer(x)
         y = conv3x3_as_matmul(x, ops.cast(layer.kernel, x.dtype))
         return tf.nn.bias_add(y, ops.cast(layer.bias, y.dtype))

@@ -40,6 +40,19 @@ def test_flops_of_hand_computable_convs():
     assert benchmark.count_generator_flops(model, 8, 8) == 7776 + 5184
 
 
+def test_flops_of_convs_run_as_matmuls():
+    from pix2pixhd_tf.layers import MATMUL_CONV_MIN_CHANNELS, ResnetBlock
+
+    c = MATMUL_CONV_MIN_CHANNELS
+    inputs = keras.Input((4, 6, c))
+    model = keras.Model(inputs, ResnetBlock(c)(inputs))
+
+    rows = benchmark.conv_flops(model, 4, 6)
+
+    assert [r["kind"] for r in rows] == ["conv_as_matmul"] * 2
+    assert all(r["kernel"] == [3, 3, c, c] and r["flops"] == 2 * (4 * 6) * (3 * 3 * c) * c for r in rows)
+
+
 @pytest.mark.parametrize("net", ["global", "local"])
 def test_generator_flops_match_torch_flop_counter(net):
     torch = pytest.importorskip("torch")
