@@ -289,8 +289,8 @@ def conv_flops(model, h: int, w: int, batch: int = 1) -> list[Record]:
 
     The model is traced once at a fixed input shape, and each Conv2D / Conv2DBackpropInput (transposed
     conv) / MatMul (a 3x3 conv as im2col matmul; generators have no dense layers) op of that graph is read
-    with its static shapes. Its conv layers are also found by walking
-    the model's layers (nested ones included), and the two must agree: one op per layer call.
+    with its static shapes. Its conv layers are also found by walking the model's layers (nested ones
+    included), and the two must agree: one op per layer call.
 
     Raises:
         ValueError: the traced graph and the model's conv layers disagree (an unknown conv kind, or a

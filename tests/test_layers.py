@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from pix2pixhd_tf.layers import (
+    MATMUL_CONV_MIN_CHANNELS,
     AvgPoolExcludePad,
     InstanceAveragePool,
     InstanceNormalization,
     LeakyReLU,
     ReflectionPad2D,
-    MATMUL_CONV_MIN_CHANNELS,
     ResnetBlock,
     TorchConvTranspose2D,
     conv3x3_as_matmul,

@@ -10,7 +10,7 @@ from pix2pixhd_tf.optimizers import FusedAdam
 from tests.helpers import mirrored_strategy
 
 SHAPES = [(3, 3, 4, 5), (5,)]
-ADAM = dict(learning_rate=0.01, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
+ADAM = {"learning_rate": 0.01, "beta_1": 0.5, "beta_2": 0.999, "epsilon": 1e-8}
 
 
 def _variables(seed: int = 0) -> list[keras.Variable]:

@@ -179,7 +179,7 @@ def test_multi_worker_training_matches_a_single_process(tmp_path):
     exactly zero in theory (conv biases before instance norm) becomes +-lr steps that differ between one-
     and two-sample kernels, and those perturbations grow over the steps into differences in every weight.
     """
-    common = dict(batchSize=2, serial_batches=True, no_flip=True, niter=1, niter_decay=0, steps_per_epoch=3, lr=0.1)
+    common = dict(batchSize=2, serial_batches=True, no_flip=True, niter=1, niter_decay=0, steps_per_epoch=3, lr=0.01)
     opts = tiny_train_options(tmp_path, strategy="multi_worker", **common)
     prepare_data(opts)
     workers = _run_workers(tmp_path, opts, 2, "worker", "sgd")
