@@ -224,28 +224,15 @@ class AvgPoolExcludePad(layers.Layer):
         return (n, half(h), half(w), c)
 
 
-# On CPUs outside XLA, residual blocks with at least this many channels run their 3x3 convs as one matrix
-# product (see conv3x3_as_matmul and im2col_beats_conv).
+# On CPUs, residual blocks with at least this many channels run their 3x3 convs as one matrix product
+# (see conv3x3_as_matmul).
 MATMUL_CONV_MIN_CHANNELS = 512
 
 
 @functools.cache
 def _has_gpu() -> bool:
+    """GPU convolutions (cuDNN) need no im2col workaround, which would only cost memory there."""
     return bool(tf.config.list_logical_devices("GPU"))
-
-
-def _in_xla_context() -> bool:
-    try:
-        from tensorflow.python.ops import control_flow_util  # private: fall back to "no" if it moves
-    except ImportError:
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-
-
-def im2col_beats_conv() -> bool:
-    """Where conv3x3_as_matmul pays off: on CPUs, outside XLA (GPU convolutions and XLA's own CPU
-    convolution are as fast or faster, and the im2col views would only cost memory)."""
-    return not _has_gpu() and not _in_xla_context()
 
 
 def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -315,7 +302,7 @@ class ResnetBlock(layers.Layer):
 
     def _conv(self, layer: layers.Conv2D, x):
         x = self.pad(x)
-        if self.dim < MATMUL_CONV_MIN_CHANNELS or not im2col_beats_conv():
+        if self.dim < MATMUL_CONV_MIN_CHANNELS or _has_gpu():
             return layer(x)
         y = conv3x3_as_matmul(x, ops.cast(layer.kernel, x.dtype))
         return tf.nn.bias_add(y, ops.cast(layer.bias, y.dtype))

@@ -193,12 +193,8 @@ def test_wide_resnet_block_takes_the_matmul_path_and_equals_torch():
     y = F.relu(F.instance_norm(torch_conv(t, block.conv1), eps=1e-5))
     expected = _nhwc(t + F.instance_norm(torch_conv(y, block.conv2), eps=1e-5))
     np.testing.assert_allclose(out, expected, atol=1e-4)
-    spec = tf.TensorSpec((1, 5, 6, dim))
-    graph = tf.function(block).get_concrete_function(spec).graph
+    graph = tf.function(block).get_concrete_function(tf.TensorSpec((1, 5, 6, dim))).graph
     assert not any(op.type == "Conv2D" for op in graph.get_operations())  # the matmul path, not a conv
-    xla_graph = tf.function(block, jit_compile=True).get_concrete_function(spec).graph
-    assert sum(op.type == "Conv2D" for op in xla_graph.get_operations()) == 2  # XLA's own conv is as fast
-    np.testing.assert_allclose(tf.function(block, jit_compile=True)(x), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize(
