@@ -265,7 +265,7 @@ def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
             with tf.control_dependencies([dy]):
                 x_again = tf.identity(x)
             dy = tf.reshape(dy, [-1, filters])
-            d_kernel = tf.reshape(tf.matmul(columns(x_again)[0], dy, transpose_a=True), tf.shape(kernel))
+            d_kernel = tf.reshape(tf.matmul(columns(x_again)[0], dy, transpose_a=True), [3, 3, channels, filters])
             d_cols = tf.reshape(tf.matmul(dy, matrix, transpose_b=True), [n, h, w, 9, channels])
             pads = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
             d_x = tf.add_n([tf.pad(d_cols[:, :, :, t, :], pad) for t, pad in enumerate(pads)])

@@ -647,19 +647,18 @@ class Scene:
         return EditResult(self._commit_styles(dict(self.styles), seed))
 
     def undo(self) -> bool:
-        if not self._undo:
-            return False
-        step = self._undo.pop()
-        self._apply(step, before=True)
-        self._redo.append(step)
-        return True
+        return self._replay(self._undo, self._redo, before=True)
 
     def redo(self) -> bool:
-        if not self._redo:
+        return self._replay(self._redo, self._undo, before=False)
+
+    def _replay(self, source: list[_Step], target: list[_Step], *, before: bool) -> bool:
+        """Move the newest step of `source` onto `target`, restoring its before (undo) or after (redo) state."""
+        if not source:
             return False
-        step = self._redo.pop()
-        self._apply(step, before=False)
-        self._undo.append(step)
+        step = source.pop()
+        self._apply(step, before=before)
+        target.append(step)
         return True
 
     # ---------------------------------------------------------------- internals
