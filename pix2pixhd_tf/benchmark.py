@@ -314,7 +314,7 @@ def conv_flops(model, h: int, w: int, batch: int = 1) -> list[Record]:
             n, hi, wi, _ = op.inputs[2].shape.as_list()
             macs = n * hi * wi * kh * kw * cin * cout
             kind, out_shape = "conv_transpose", op.outputs[0].shape.as_list()
-        elif op.type == "MatMul":  # a 3x3 conv run as an im2col matmul (layers.conv3x3_as_matmul)
+        elif op.type == "MatMul":  # a 3x3 conv run as an im2col matmul (layers.padded_conv2d)
             (m, k), cout = op.inputs[0].shape.as_list(), op.outputs[0].shape[-1]
             macs, cin, kh, kw = m * k * cout, k // 9, 3, 3
             kind, out_shape = "conv_as_matmul", op.outputs[0].shape.as_list()

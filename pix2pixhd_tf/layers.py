@@ -1,7 +1,8 @@
 """Building blocks that reproduce PyTorch's padding and pooling semantics in Keras (NHWC).
 
 Keras' `padding="same"` pads more at the bottom/right for even sizes, PyTorch pads symmetrically; these
-layers pad explicitly and then run "valid" so that converted official weights give the same numbers.
+layers pad explicitly (zeros or mirrored pixels) and then run "valid", so that converted official weights
+give the same numbers.
 """
 
 from __future__ import annotations
@@ -41,27 +42,6 @@ def torch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
     """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which `weights_init` leaves alone."""
     bound = 1.0 / math.sqrt(fan_in)
     return keras.initializers.RandomUniform(-bound, bound)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ReflectionPad2D(layers.Layer):
-    """nn.ReflectionPad2d: mirror padding without repeating the edge pixel."""
-
-    def __init__(self, padding: int, **kwargs):
-        super().__init__(**kwargs)
-        self.padding = padding
-
-    def call(self, x):
-        p = self.padding
-        return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-
-    def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        grow = lambda s: None if s is None else s + 2 * self.padding  # noqa: E731
-        return (n, grow(h), grow(w), c)
-
-    def get_config(self):
-        return {**super().get_config(), "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -143,24 +123,30 @@ class LeakyReLU(layers.Layer):
         return {**super().get_config(), "negative_slope": self.negative_slope}
 
 
-def conv(filters: int, kernel_size: int, in_channels: int, *, strides: int = 1, padding: int = 0, name: str):
-    """nn.Conv2d(in, filters, kernel_size, strides, padding) as zero padding + a "valid" Keras conv.
-
-    Returned as a list of layers so the caller can keep the conv's own name (the converter maps
-    official state-dict keys onto it).
-    """
-    pad = [layers.ZeroPadding2D(padding, name=f"{name}_pad")] if padding else []
-    return pad + [
-        layers.Conv2D(
-            filters,
-            kernel_size,
-            strides=strides,
-            padding="valid",
-            kernel_initializer=conv_kernel_initializer(),
-            bias_initializer=torch_bias_initializer(in_channels * kernel_size * kernel_size),
-            name=name,
-        )
-    ]
+def conv(
+    filters: int,
+    kernel_size: int,
+    in_channels: int,
+    *,
+    strides: int = 1,
+    padding: int = 0,
+    pad_mode: str = "zero",
+    name: str,
+    dtype=None,
+) -> "TorchConv2D":
+    """nn.Conv2d(in, filters, kernel_size, strides, padding) with the official weight init; `pad_mode`
+    "reflect" stands for the nn.ReflectionPad2d(padding) that precedes the conv in the official Sequential."""
+    return TorchConv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        pad=padding,
+        pad_mode=pad_mode,
+        kernel_initializer=conv_kernel_initializer(),
+        bias_initializer=torch_bias_initializer(in_channels * kernel_size * kernel_size),
+        dtype=dtype,
+        name=name,
+    )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -225,7 +211,7 @@ class AvgPoolExcludePad(layers.Layer):
 
 
 # On CPUs, residual blocks with at least this many channels run their 3x3 convs as one matrix product
-# (see conv3x3_as_matmul).
+# (see padded_conv2d).
 MATMUL_CONV_MIN_CHANNELS = 512
 
 
@@ -235,45 +221,111 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def conv3x3_as_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """A stride-1 "valid" 3x3 convolution as one matrix product over the nine shifted views of `x` (im2col).
+_PAD_MODES = {"zero": "CONSTANT", "reflect": "REFLECT"}
 
-    On a CPU, TensorFlow's default (oneDNN) convolution of G1's 1024-channel residual blocks at 16x32 reaches
-    ~100 GFLOP/s on two cores, a matrix product of the same FLOPs ~270 (measured: 94 vs 37 ms); below
-    ~512 channels the convolution kernel wins. The gradient rebuilds the shifted views instead of keeping them
-    alive (9x each block input): for G1 at 256x512 that saves 260 MB of peak training memory and costs 0.4 s
-    of a 4.3 s step (benchmarks/README.md); at 1024x2048 keeping them would cost 5 GB.
+
+def _use_matmul(kernel_shape, strides: int) -> bool:
+    kh, kw, channels, _ = kernel_shape
+    return (kh, kw, strides) == (3, 3, 1) and channels >= MATMUL_CONV_MIN_CHANNELS and not _has_gpu()
+
+
+def _im2col(x: tf.Tensor) -> tf.Tensor:
+    """The nine shifted views of `x` (N, H, W, C) for a "valid" 3x3 conv, as one (N·(H-2)·(W-2), 9·C) matrix
+    whose columns are ordered (kh, kw, in) like a reshaped HWIO kernel."""
+    h, w = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in (1, 2))  # static where known
+    views = [x[:, i : i + h - 2, j : j + w - 2, :] for i in range(3) for j in range(3)]
+    return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * x.shape[-1]])
+
+
+def padded_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, strides: int = 1, padding: int = 0, mode: str = "zero"):
+    """PyTorch's conv: `padding` rows/columns of zeros ("zero") or mirrored pixels ("reflect") on every side,
+    then a "valid" convolution of `x` (NHWC) with the HWIO `kernel`.
+
+    Two things differ from pad + `tf.nn.conv2d`, not in value but in cost:
+    - The gradient keeps only `x`, which the ReLU before the conv keeps anyway, and pads it again once the
+      upstream gradient exists, instead of keeping a padded copy of every conv input. For G1 + the two-scale D
+      at 256x512 that is ~200 MB less peak training memory (benchmarks/README.md) for one cheap pad per conv.
+    - On CPUs, 3x3 stride-1 convs with >= MATMUL_CONV_MIN_CHANNELS inputs (G1's 1024-channel residual blocks)
+      run as one im2col matrix product: TensorFlow's default (oneDNN) convolution reaches ~100 GFLOP/s there
+      on two cores, a matrix product of the same FLOPs ~270 (measured: 94 vs 37 ms at 16x32); below ~512
+      channels the convolution kernel wins. Its gradient rebuilds the shifted views too (9x the block input).
     """
-    channels, filters = x.shape[-1], kernel.shape[-1]
-
-    def columns(x):
-        # Static sizes where known keep the matmul's shape static (FLOP counting, XLA).
-        n, h, w = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in range(3))
-        h, w = h - 2, w - 2
-        views = [x[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)]
-        return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * channels]), n, h, w
+    matmul = _use_matmul(kernel.shape, strides)
+    if not padding and not matmul:
+        return tf.nn.conv2d(x, kernel, strides, "VALID")
+    paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    pad = (lambda t: tf.pad(t, paddings, _PAD_MODES[mode])) if padding else tf.identity
+    stride4 = [1, strides, strides, 1]
+    channels, filters = kernel.shape[-2], kernel.shape[-1]
 
     @tf.custom_gradient
     def convolve(x, kernel):
-        matrix = tf.reshape(kernel, [9 * channels, filters])  # rows ordered (kh, kw, in), as the views
-        cols, n, h, w = columns(x)
-        y = tf.reshape(tf.matmul(cols, matrix), [n, h, w, filters])
+        padded = pad(x)
+        if matmul:
+            n, h, w = (padded.shape[i] if padded.shape[i] is not None else tf.shape(padded)[i] for i in range(3))
+            matrix = tf.reshape(kernel, [9 * channels, filters])
+            y = tf.reshape(tf.matmul(_im2col(padded), matrix), [n, h - 2, w - 2, filters])
+        else:
+            y = tf.nn.conv2d(padded, kernel, strides, "VALID")
 
         def grad(dy):
-            # Rebuild the views only once dy exists: without the dependency grappler merges them with the
-            # forward's identical ones and keeps those alive through the whole backward pass.
+            # Pad again only once dy exists: without the dependency grappler merges this pad (and the views)
+            # with the forward's identical ones and keeps those alive through the whole backward pass.
             with tf.control_dependencies([dy]):
-                x_again = tf.identity(x)
-            dy = tf.reshape(dy, [-1, filters])
-            d_kernel = tf.reshape(tf.matmul(columns(x_again)[0], dy, transpose_a=True), [3, 3, channels, filters])
-            d_cols = tf.reshape(tf.matmul(dy, matrix, transpose_b=True), [n, h, w, 9, channels])
-            pads = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
-            d_x = tf.add_n([tf.pad(d_cols[:, :, :, t, :], pad) for t, pad in enumerate(pads)])
+                padded = pad(tf.identity(x))
+            if matmul:
+                dy_rows = tf.reshape(dy, [-1, filters])
+                d_kernel = tf.reshape(tf.matmul(_im2col(padded), dy_rows, transpose_a=True), [3, 3, channels, filters])
+                d_cols = tf.reshape(tf.matmul(dy_rows, matrix, transpose_b=True), [n, h - 2, w - 2, 9, channels])
+                shifts = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
+                d_padded = tf.add_n([tf.pad(d_cols[:, :, :, t, :], s) for t, s in enumerate(shifts)])
+            else:
+                d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+                    input=padded, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=stride4, padding="VALID"
+                )
+                d_padded = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=stride4, padding="VALID"
+                )
+            if not padding:
+                d_x = d_padded
+            elif mode == "zero":
+                d_x = d_padded[:, padding:-padding, padding:-padding, :]
+            else:
+                d_x = tf.raw_ops.MirrorPadGrad(input=d_padded, paddings=paddings, mode="REFLECT")
             return d_x, d_kernel
 
         return y, grad
 
     return convolve(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TorchConv2D(layers.Conv2D):
+    """nn.Conv2d(padding=pad), or nn.ReflectionPad2d(pad) + nn.Conv2d, as one Keras conv (`padded_conv2d`).
+
+    The padding lives inside the layer so that training keeps no padded copy of its input.
+    """
+
+    def __init__(self, filters: int, kernel_size: int, *, pad: int = 0, pad_mode: str = "zero", **kwargs):
+        if pad_mode not in _PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {sorted(_PAD_MODES)}, got {pad_mode!r}")
+        kwargs["padding"] = "valid"
+        super().__init__(filters, kernel_size, **kwargs)
+        self.pad = pad
+        self.pad_mode = pad_mode
+
+    def convolution_op(self, inputs, kernel):
+        return padded_conv2d(
+            inputs, ops.cast(kernel, inputs.dtype), strides=self.strides[0], padding=self.pad, mode=self.pad_mode
+        )
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda s: None if s is None else s + 2 * self.pad  # noqa: E731
+        n, h, w, c = input_shape
+        return super().compute_output_shape((n, grow(h), grow(w), c))
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad, "pad_mode": self.pad_mode}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -283,29 +335,20 @@ class ResnetBlock(layers.Layer):
     def __init__(self, dim: int, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
-        self.conv1 = conv(dim, 3, dim, name="conv1")[0]
+        self.conv1 = conv(dim, 3, dim, padding=1, pad_mode="reflect", name="conv1")
         self.norm1 = instance_norm("norm1")
-        self.conv2 = conv(dim, 3, dim, name="conv2")[0]
+        self.conv2 = conv(dim, 3, dim, padding=1, pad_mode="reflect", name="conv2")
         self.norm2 = instance_norm("norm2")
-        self.pad = ReflectionPad2D(1)
 
     def build(self, input_shape):
-        padded = self.pad.compute_output_shape(input_shape)
         for conv_layer, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2)):
-            conv_layer.build(padded)
+            conv_layer.build(input_shape)
             norm.build(input_shape)
 
     def call(self, x):
-        y = ops.relu(self.norm1(self._conv(self.conv1, x)))
-        y = self.norm2(self._conv(self.conv2, y))
+        y = ops.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
         return x + y
-
-    def _conv(self, layer: layers.Conv2D, x):
-        x = self.pad(x)
-        if self.dim < MATMUL_CONV_MIN_CHANNELS or _has_gpu():
-            return layer(x)
-        y = conv3x3_as_matmul(x, ops.cast(layer.kernel, x.dtype))
-        return tf.nn.bias_add(y, ops.cast(layer.bias, y.dtype))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -604,7 +604,7 @@ def test_tflite_variants_match_keras(exported, tmp_path, capsys):
 
 
 def test_tflite_of_a_wide_generator_whose_blocks_run_as_matmuls(tmp_path):
-    """512-channel residual blocks take the im2col matmul path (layers.conv3x3_as_matmul): it converts,
+    """512-channel residual blocks take the im2col matmul path (layers.padded_conv2d): it converts,
     quantises (dynamic range covers the matmul's weights) and gives Keras' image. Four downsamplings and
     wider layers add more int8 rounding than the tiny generator: dynamic range is held to the bounds the
     full G1 meets in benchmarks/results_cpu.md (max 0.34, mean 0.043; measured here ~0.17 and ~0.028)."""

@@ -15,10 +15,9 @@ from pix2pixhd_tf.layers import (
     InstanceAveragePool,
     InstanceNormalization,
     LeakyReLU,
-    ReflectionPad2D,
     ResnetBlock,
     TorchConvTranspose2D,
-    conv3x3_as_matmul,
+    conv,
     instance_norm,
 )
 from pix2pixhd_tf.networks import GlobalGenerator, NLayerDiscriminator
@@ -35,11 +34,69 @@ def _nhwc(x: torch.Tensor) -> np.ndarray:
     return x.numpy().transpose(0, 2, 3, 1)
 
 
-def test_reflection_pad_equals_numpy_reflect():
-    x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
-    out = ReflectionPad2D(3)(x)
-    np.testing.assert_array_equal(out, np.pad(x, [(0, 0), (3, 3), (3, 3), (0, 0)], mode="reflect"))
-    assert ReflectionPad2D(3).compute_output_shape((None, None, 7, 3)) == (None, None, 13, 3)
+@pytest.mark.parametrize(
+    "kernel_size, strides, pad, pad_mode, channels",
+    [
+        (3, 2, 1, "zero", 3),  # G's downsampling
+        (4, 2, 2, "zero", 3),  # D's layers
+        (4, 1, 2, "zero", 3),
+        (7, 1, 3, "reflect", 3),  # G's first and last conv, with the ReflectionPad2d(3) in front
+        (3, 1, 1, "reflect", 4),  # residual block, convolution kernel
+        (3, 1, 1, "reflect", MATMUL_CONV_MIN_CHANNELS),  # residual block, im2col matmul
+        (3, 1, 0, "zero", MATMUL_CONV_MIN_CHANNELS),
+    ],
+)
+def test_torch_conv2d_and_its_gradients_equal_pytorch(kernel_size, strides, pad, pad_mode, channels):
+    x = rng.standard_normal((2, 9, 8, channels)).astype(np.float32)
+    layer = conv(5, kernel_size, channels, strides=strides, padding=pad, pad_mode=pad_mode, name="c")
+    layer.build(x.shape)
+    out_shape = layer.compute_output_shape((2, 9, 8, channels))
+    upstream = rng.standard_normal(out_shape).astype(np.float32)
+    x_t = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_t)
+        out = layer(x_t)
+        loss = tf.reduce_sum(out * upstream)
+    d_x, d_kernel, d_bias = tape.gradient(loss, [x_t, layer.kernel, layer.bias])
+
+    t = _nchw(x).requires_grad_(True)
+    weight = torch.from_numpy(np.array(layer.kernel).transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+    bias = torch.from_numpy(np.array(layer.bias)).requires_grad_(True)
+    padded = F.pad(t, (pad,) * 4, mode="constant" if pad_mode == "zero" else "reflect")
+    expected = F.conv2d(padded, weight, bias, stride=strides)
+    (expected * _nchw(upstream)).sum().backward()
+
+    assert out.shape == tuple(expected.shape[i] for i in (0, 2, 3, 1)) == out_shape
+    np.testing.assert_allclose(out, _nhwc(expected.detach()), atol=2e-4)
+    np.testing.assert_allclose(d_x, _nhwc(t.grad), atol=2e-4)
+    np.testing.assert_allclose(d_kernel, weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(d_bias, bias.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, channels))])
+    np.testing.assert_allclose(dynamic(x), out, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [4, MATMUL_CONV_MIN_CHANNELS])
+def test_conv_gradient_keeps_no_padded_copy_of_its_input(channels):
+    """The backward pass reads the unpadded input (which the ReLU before the conv keeps anyway) and pads
+    it again, so no padded copy lives from the forward to the backward pass."""
+    layer = conv(4, 3, channels, padding=1, pad_mode="reflect", name="c")
+
+    @tf.function
+    def grads(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(tf.nn.relu(x)))
+        return tape.gradient(loss, [x, layer.kernel])
+
+    ops_ = grads.get_concrete_function(tf.TensorSpec((1, 6, 6, channels))).graph.get_operations()
+    pads = [op for op in ops_ if op.type == "MirrorPad"]
+    forward_pad = [op for op in pads if not op.inputs[0].op.control_inputs]
+    backward_pad = [op for op in pads if op.inputs[0].op.control_inputs]  # padded again once dy exists
+    assert len(forward_pad) == 1 and len(backward_pad) == 1
+    readers = {c.type for c in forward_pad[0].outputs[0].consumers()}
+    assert readers <= {"Conv2D", "StridedSlice"}  # the forward conv or its im2col views, nothing in backward
+    assert any(op.type in ("Conv2DBackpropFilter", "MatMul") for op in ops_)
 
 
 @pytest.mark.parametrize("size", [(4, 4), (5, 6)])
@@ -161,24 +218,6 @@ def test_training_graph_of_the_discriminator_keeps_grappler_fusions(capfd):
     assert "remapper failed" not in capfd.readouterr().err
 
 
-def test_conv3x3_as_matmul_and_its_gradients_equal_conv2d():
-    x = rng.standard_normal((2, 7, 9, 5)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
-    upstream = rng.standard_normal((2, 5, 7, 4)).astype(np.float32)
-    results = []
-    for fn in (lambda x, k: tf.nn.conv2d(x, k, 1, "VALID"), conv3x3_as_matmul):
-        x_t, k_t = tf.constant(x), tf.constant(kernel)
-        with tf.GradientTape() as tape:
-            tape.watch([x_t, k_t])
-            loss = tf.reduce_sum(fn(x_t, k_t) * upstream)
-        results.append([fn(x_t, k_t), *tape.gradient(loss, [x_t, k_t])])
-    for got, expected in zip(results[1], results[0]):
-        np.testing.assert_allclose(got, expected, atol=1e-5)
-    signature = [tf.TensorSpec((None, None, None, 5)), tf.TensorSpec(kernel.shape)]
-    dynamic = tf.function(conv3x3_as_matmul, input_signature=signature)
-    np.testing.assert_allclose(dynamic(x, kernel), results[0][0], atol=1e-5)
-
-
 def test_wide_resnet_block_takes_the_matmul_path_and_equals_torch():
     dim = MATMUL_CONV_MIN_CHANNELS
     block = ResnetBlock(dim)
@@ -200,7 +239,7 @@ def test_wide_resnet_block_takes_the_matmul_path_and_equals_torch():
 @pytest.mark.parametrize(
     "make_layer, shapes",
     [
-        (lambda: ReflectionPad2D(2, name="pad"), [(1, 6, 6, 2)]),
+        (lambda: conv(3, 4, 2, strides=2, padding=2, pad_mode="reflect", name="conv"), [(1, 6, 6, 2)]),
         (lambda: TorchConvTranspose2D(3, in_channels=2, name="up"), [(1, 4, 4, 2)]),
         (lambda: AvgPoolExcludePad(name="pool"), [(1, 5, 5, 2)]),
         (lambda: ResnetBlock(4, name="block"), [(1, 6, 6, 4)]),
@@ -209,7 +248,7 @@ def test_wide_resnet_block_takes_the_matmul_path_and_equals_torch():
         (lambda: LeakyReLU(0.3, name="lrelu"), [(1, 4, 4, 2)]),
     ],
     ids=[
-        "ReflectionPad2D",
+        "TorchConv2D",
         "TorchConvTranspose2D",
         "AvgPoolExcludePad",
         "ResnetBlock",

@@ -329,8 +329,16 @@ def _loss_scaled_sgd_pair():
     return tuple(keras.optimizers.LossScaleOptimizer(opt, initial_scale=2.0**12) for opt in sgd_pair(LR))
 
 
+# How far one float16 step may be from the float32 one. Measured (one device and mirrored alike): G 4-7%,
+# D 0.3-0.5%, E 10-11%. E's is the largest because its gradient is the instance-wise sum of G's input
+# gradients, whose terms largely cancel, so float16's rounding of them weighs more; it does not shrink with
+# the image size (32-128 px) or change with the loss scale (2^8-2^15), so it is rounding, not underflow.
+FLOAT16_UPDATE_ERROR = {"G": 0.1, "D": 0.02, "E": 0.15}
+
+
 def test_mirrored_float16_step_with_loss_scaling(f32_reference):
-    """float16 (11 significant bits) with loss scaling: finite, and a few % from the float32 update."""
+    """float16 (11 significant bits) with loss scaling: finite, close to the float32 update (see
+    FLOAT16_UPDATE_ERROR), and the mirrored step equal to the one-device float16 step to within rounding."""
     single_error, mirrored_error, single, mirrored = _mixed_precision_steps(
         "mixed_float16", f32_reference, _loss_scaled_sgd_pair
     )
@@ -338,8 +346,13 @@ def test_mirrored_float16_step_with_loss_scaling(f32_reference):
         iterations = [int(np.asarray(opt.iterations)) for opt in (model.g_optimizer, model.d_optimizer)]
         assert iterations == [1, 1]  # applied, not skipped as non-finite
     assert all(np.isfinite(w).all() for ws in network_weights(mirrored).values() for w in ws)
+    _, _, before, _ = f32_reference
+    between = _relative_update_error(network_weights(mirrored), network_weights(single), before)
+    print("float16 mirrored vs one-device update, relative:", between)
     for key in single_error:
-        assert mirrored_error[key] < max(1.5 * single_error[key], 0.02) and mirrored_error[key] < 0.1, key
+        assert mirrored_error[key] < max(1.5 * single_error[key], 0.02), key
+        assert mirrored_error[key] < FLOAT16_UPDATE_ERROR[key], key
+        assert between[key] < 0.1 * FLOAT16_UPDATE_ERROR[key], key  # a wrong loss scale or reduction is >= 50%
 
 
 def test_float16_dynamic_loss_scale_recovers():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
 
 from pix2pixhd_tf.layers import AvgPoolExcludePad, FunctionalNetwork, LeakyReLU, conv, instance_norm
 
@@ -12,10 +11,7 @@ _KW, _PADW = 4, 2  # kernel 4, padding ceil((4 - 1) / 2) = 2, as in the official
 
 
 def _conv_block(x, filters: int, in_channels: int, strides: int, name: str, norm: bool, activation: bool, dtype=None):
-    for layer in conv(filters, _KW, in_channels, strides=strides, padding=_PADW, name=name):
-        if dtype is not None and isinstance(layer, layers.Conv2D):
-            layer = layers.Conv2D.from_config({**layer.get_config(), "dtype": dtype})
-        x = layer(x)
+    x = conv(filters, _KW, in_channels, strides=strides, padding=_PADW, name=name, dtype=dtype)(x)
     if norm:
         x = instance_norm(f"{name}_norm")(x)
     if activation:

@@ -12,7 +12,6 @@ from keras import layers
 from pix2pixhd_tf.layers import (
     AvgPoolExcludePad,
     FunctionalNetwork,
-    ReflectionPad2D,
     ResnetBlock,
     TorchConvTranspose2D,
     conv,
@@ -22,19 +21,12 @@ from pix2pixhd_tf.layers import (
 _PACKAGE = "pix2pixhd_tf"
 
 
-def _apply(x, layer_list):
-    for layer in layer_list:
-        x = layer(x)
-    return x
-
-
 def conv_norm_relu(x, filters: int, in_channels: int, kernel_size: int, *, strides: int, name: str, index: int):
     """[pad], conv, IN, ReLU at official positions index, index+1, index+2 of a Sequential."""
-    if kernel_size == 7:
-        x = ReflectionPad2D(3, name=f"{name}_{index - 1}")(x)
-        x = _apply(x, conv(filters, 7, in_channels, name=f"{name}_{index}"))
+    if kernel_size == 7:  # the official model.{index - 1} is the ReflectionPad2d(3)
+        x = conv(filters, 7, in_channels, padding=3, pad_mode="reflect", name=f"{name}_{index}")(x)
     else:
-        x = _apply(x, conv(filters, kernel_size, in_channels, strides=strides, padding=1, name=f"{name}_{index}"))
+        x = conv(filters, kernel_size, in_channels, strides=strides, padding=1, name=f"{name}_{index}")(x)
     x = instance_norm(f"{name}_{index + 1}")(x)
     return layers.ReLU(name=f"{name}_{index + 2}")(x)
 
@@ -48,8 +40,7 @@ def up_norm_relu(x, filters: int, in_channels: int, *, name: str, index: int):
 
 def output_head(x, output_nc: int, in_channels: int, *, name: str, index: int):
     """Reflect-pad 3, conv7, tanh; tanh runs in float32 so mixed precision never clips the image."""
-    x = ReflectionPad2D(3, name=f"{name}_{index}")(x)
-    x = _apply(x, conv(output_nc, 7, in_channels, name=f"{name}_{index + 1}"))
+    x = conv(output_nc, 7, in_channels, padding=3, pad_mode="reflect", name=f"{name}_{index + 1}")(x)
     return layers.Activation("tanh", dtype="float32", name=f"{name}_{index + 2}")(x)
 
 
