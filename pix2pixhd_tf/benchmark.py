@@ -1307,9 +1307,8 @@ def to_markdown(results: Record) -> str:
         )
     tfl = [r for r in records if r["suite"] == "tflite"]
     if tfl:
-        interpreter = (
-            "LiteRT interpreter" if env.get("ai_edge_litert") else "tf.lite.Interpreter"
-        )  # export._interpreter
+        # export._interpreter falls back to tf.lite.Interpreter when ai-edge-litert is not installed.
+        interpreter = "LiteRT interpreter" if env.get("ai_edge_litert") else "tf.lite.Interpreter"
         out += ["", f"## TFLite (batch 1, {interpreter})", "", _table(_TFLITE_COLUMNS, tfl), ""]
         out.append(
             "Differences: TFLite `image_float` vs the Keras generator on a random blocky label/instance map (outputs in [-1, 1])."

@@ -244,11 +244,12 @@ def padded_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, strides: int = 1, padding:
     Two things differ from pad + `tf.nn.conv2d`, not in value but in cost:
     - The gradient keeps only `x`, which the ReLU before the conv keeps anyway, and pads it again once the
       upstream gradient exists, instead of keeping a padded copy of every conv input. For G1 + the two-scale D
-      at 256x512 that is ~200 MB less peak training memory (benchmarks/README.md) for one cheap pad per conv.
+      at 256x512 that is ~170 MiB less peak tensor memory (benchmarks/README.md) for one cheap pad per conv.
     - On CPUs, 3x3 stride-1 convs with >= MATMUL_CONV_MIN_CHANNELS inputs (G1's 1024-channel residual blocks)
       run as one im2col matrix product: TensorFlow's default (oneDNN) convolution reaches ~100 GFLOP/s there
-      on two cores, a matrix product of the same FLOPs ~270 (measured: 94 vs 37 ms at 16x32); below ~512
-      channels the convolution kernel wins. Its gradient rebuilds the shifted views too (9x the block input).
+      on two cores, a matrix product of the same FLOPs ~270 (measured on a 2-core Xeon: 94 vs 37 ms at
+      16x32); below ~512 channels the convolution kernel wins. Its gradient rebuilds the shifted views too
+      (9x the block input) rather than keep them.
     """
     matmul = _use_matmul(kernel.shape, strides)
     if not padding and not matmul:
