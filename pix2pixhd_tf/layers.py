@@ -229,10 +229,16 @@ def _use_matmul(kernel_shape, strides: int) -> bool:
     return (kh, kw, strides) == (3, 3, 1) and channels >= MATMUL_CONV_MIN_CHANNELS and not _has_gpu()
 
 
+def _sizes(x: tf.Tensor, axes) -> list:
+    """x's sizes along `axes`, static where known: static shapes keep the matmul's shape static (FLOP
+    counting, XLA)."""
+    return [x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in axes]
+
+
 def _im2col(x: tf.Tensor) -> tf.Tensor:
     """The nine shifted views of `x` (N, H, W, C) for a "valid" 3x3 conv, as one (N·(H-2)·(W-2), 9·C) matrix
     whose columns are ordered (kh, kw, in) like a reshaped HWIO kernel."""
-    h, w = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in (1, 2))  # static where known
+    h, w = _sizes(x, (1, 2))
     views = [x[:, i : i + h - 2, j : j + w - 2, :] for i in range(3) for j in range(3)]
     return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * x.shape[-1]])
 
@@ -263,7 +269,7 @@ def padded_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, strides: int = 1, padding:
     def convolve(x, kernel):
         padded = pad(x)
         if matmul:
-            n, h, w = (padded.shape[i] if padded.shape[i] is not None else tf.shape(padded)[i] for i in range(3))
+            n, h, w = _sizes(padded, range(3))
             matrix = tf.reshape(kernel, [9 * channels, filters])
             y = tf.reshape(tf.matmul(_im2col(padded), matrix), [n, h - 2, w - 2, filters])
         else:
