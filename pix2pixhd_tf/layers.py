@@ -48,11 +48,13 @@ def torch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
 class InstanceNormalization(layers.Layer):
     """nn.InstanceNorm2d(affine=False): per-sample, per-channel statistics, eps 1e-5, no running stats.
 
-    Runs TensorFlow's fused batch-norm kernel in training mode: with the batch folded into the channels its
-    (H, W) statistics are exactly the per-instance ones. One fused kernel forward and one backward replace
-    GroupNormalization(groups=-1)'s chain of reductions and element-wise passes, and the backward keeps
-    only the input and two small vectors (2.4x faster forward+backward at 1x256x512x64 on 2 CPU cores).
-    XLA compiles it, and the TFLite converter lowers it to mean / squared difference / rsqrt.
+    The forward runs TensorFlow's fused batch-norm kernel in training mode: with the batch folded into the
+    channels its (H, W) statistics are exactly the per-instance ones (2.4x faster forward+backward than
+    GroupNormalization(groups=-1) at 1x256x512x64 on 2 CPU cores; XLA compiles it, and the TFLite converter
+    lowers it to mean / squared difference / rsqrt). The gradient is computed from the *output* x̂ and
+    1/σ: dx = (dy - mean(dy) - x̂·mean(dy·x̂)) / σ. x̂ is what the following ReLU and conv keep anyway (they
+    take it as `input_relu_slope`), so training keeps one tensor per conv-IN-ReLU unit instead of the conv
+    output and the activation.
     """
 
     def __init__(self, epsilon: float = 1e-5, **kwargs):
@@ -68,14 +70,7 @@ class InstanceNormalization(layers.Layer):
         if not folded:
             shape = tf.shape(x)
             x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], shape[0] * c])
-        channels = tf.shape(x)[-1]
-        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            x,
-            tf.ones([channels], tf.float32),
-            tf.zeros([channels], tf.float32),
-            epsilon=self.epsilon,
-            is_training=True,
-        )
+        y = _normalize_channels(x, self.epsilon)
         if not folded:
             y = tf.transpose(tf.reshape(y, [shape[1], shape[2], shape[0], c]), [2, 0, 1, 3])
         return y
@@ -87,32 +82,72 @@ class InstanceNormalization(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+def _normalize_channels(x: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """Normalise each channel of a batch-1 NHWC tensor over (H, W); the gradient keeps only the output."""
+
+    @tf.custom_gradient
+    def normalize(x):
+        channels = tf.shape(x)[-1]
+        y, _, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.ones([channels], tf.float32), tf.zeros([channels], tf.float32), epsilon=epsilon, is_training=True
+        )
+        # The kernel returns the unbiased (n / (n-1)) variance, meant for running averages; it normalised
+        # with the biased one.
+        count = tf.cast(tf.reduce_prod(_sizes(x, (1, 2))), tf.float32)
+        biased = variance * tf.where(count > 1, (count - 1) / count, 1.0)
+        inv_std = tf.math.rsqrt(biased + epsilon)
+
+        def grad(dy):
+            dy32, y32 = tf.cast(dy, tf.float32), tf.cast(y, tf.float32)
+            mean_dy = tf.reduce_mean(dy32, axis=[0, 1, 2])
+            mean_dy_y = tf.reduce_mean(dy32 * y32, axis=[0, 1, 2])
+            return tf.cast(dy32 * inv_std - mean_dy * inv_std - y32 * (mean_dy_y * inv_std), dy.dtype)
+
+        return y, grad
+
+    return normalize(x)
+
+
 def instance_norm(name: str | None = None) -> layers.Layer:
     """The official norm layer (`norm='instance'`): InstanceNorm2d without affine parameters."""
     return InstanceNormalization(epsilon=1e-5, name=name)
 
 
+def _leaky_relu(x: tf.Tensor, slope: float) -> tf.Tensor:
+    return tf.nn.relu(x) if slope == 0 else tf.nn.leaky_relu(x, slope)
+
+
+def _leaky_relu_grad(dy: tf.Tensor, features: tf.Tensor, slope: float) -> tf.Tensor:
+    """dy where `features` > 0, dy·slope elsewhere: `features` may be the input or the output (same sign)."""
+    if slope == 0:
+        return tf.raw_ops.ReluGrad(gradients=dy, features=features)
+    return tf.where(features > 0, dy, dy * tf.cast(slope, dy.dtype))
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LeakyReLU(layers.Layer):
-    """nn.LeakyReLU(negative_slope) whose gradient is computed from its output, not its input.
+    """nn.LeakyReLU(negative_slope) (nn.ReLU at slope 0) whose gradient reads the tensor that is kept anyway.
 
-    The output has the input's sign, so the gradient is the same; but TensorFlow's own LeakyReluGrad reads
-    the pre-activation, which stops grappler from fusing conv + bias + leaky ReLU in a training graph (its
+    `grad_from="output"` (after a conv with no norm): TensorFlow's own LeakyReluGrad reads the
+    pre-activation, which stops grappler from fusing conv + bias + leaky ReLU in a training graph (its
     remapper then fails for the whole graph, losing every other fusion too) and keeps one more activation
-    alive for the backward pass.
+    alive. `grad_from="input"` (after an IN, whose gradient keeps its output): the input is kept already.
     """
 
-    def __init__(self, negative_slope: float = 0.2, **kwargs):
+    def __init__(self, negative_slope: float = 0.2, grad_from: str = "output", **kwargs):
+        if grad_from not in ("input", "output"):
+            raise ValueError(f"grad_from must be 'input' or 'output', got {grad_from!r}")
         super().__init__(**kwargs)
         self.negative_slope = negative_slope
+        self.grad_from = grad_from
 
     def call(self, x):
         slope = self.negative_slope
 
         @tf.custom_gradient
         def leaky_relu(x):
-            y = tf.nn.leaky_relu(x, slope)
-            return y, lambda dy: tf.where(y > 0, dy, dy * tf.cast(slope, dy.dtype))
+            y = _leaky_relu(x, slope)
+            return y, lambda dy: _leaky_relu_grad(dy, y if self.grad_from == "output" else x, slope)
 
         return leaky_relu(x)
 
@@ -120,7 +155,7 @@ class LeakyReLU(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "negative_slope": self.negative_slope}
+        return {**super().get_config(), "negative_slope": self.negative_slope, "grad_from": self.grad_from}
 
 
 def conv(
@@ -131,17 +166,20 @@ def conv(
     strides: int = 1,
     padding: int = 0,
     pad_mode: str = "zero",
+    input_relu_slope: float | None = None,
     name: str,
     dtype=None,
 ) -> "TorchConv2D":
     """nn.Conv2d(in, filters, kernel_size, strides, padding) with the official weight init; `pad_mode`
-    "reflect" stands for the nn.ReflectionPad2d(padding) that precedes the conv in the official Sequential."""
+    "reflect" stands for the nn.ReflectionPad2d(padding) that precedes the conv in the official Sequential,
+    `input_relu_slope` for the (Leaky)ReLU before that."""
     return TorchConv2D(
         filters,
         kernel_size,
         strides=strides,
         pad=padding,
         pad_mode=pad_mode,
+        input_relu_slope=input_relu_slope,
         kernel_initializer=conv_kernel_initializer(),
         bias_initializer=torch_bias_initializer(in_channels * kernel_size * kernel_size),
         dtype=dtype,
@@ -153,15 +191,18 @@ def conv(
 class TorchConvTranspose2D(layers.Layer):
     """nn.ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1): exactly doubles H and W.
 
-    A "valid" Keras transposed conv gives 2H+1; PyTorch's padding=1 drops the first row/column and its
+    A "valid" transposed conv gives 2H+1; PyTorch's padding=1 drops the first row/column and its
     output_padding=1 gives back the last one, so cropping the first row and column matches it exactly.
-    The kernel is (kh, kw, out, in), PyTorch's (in, out, kh, kw) transposed without flipping.
+    The kernel is (kh, kw, out, in), PyTorch's (in, out, kh, kw) transposed without flipping; it lives in
+    a Keras Conv2DTranspose sublayer (`conv`), which holds the weights. `input_relu_slope` applies a
+    (Leaky)ReLU to the input first, inside the gradient like `padded_conv2d`'s.
     """
 
-    def __init__(self, filters: int, in_channels: int, **kwargs):
+    def __init__(self, filters: int, in_channels: int, input_relu_slope: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.in_channels = in_channels
+        self.input_relu_slope = input_relu_slope
         self.conv = layers.Conv2DTranspose(
             filters,
             3,
@@ -178,7 +219,8 @@ class TorchConvTranspose2D(layers.Layer):
         self.conv.build(input_shape)
 
     def call(self, x):
-        return self.conv(x)[:, 1:, 1:, :]
+        y = upsample_conv2d(x, ops.cast(self.conv.kernel, x.dtype), input_relu_slope=self.input_relu_slope)
+        return y + ops.cast(self.conv.bias, y.dtype)
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
@@ -186,7 +228,12 @@ class TorchConvTranspose2D(layers.Layer):
         return (n, double(h), double(w), self.filters)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "in_channels": self.in_channels}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "in_channels": self.in_channels,
+            "input_relu_slope": self.input_relu_slope,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -243,25 +290,40 @@ def _im2col(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.concat(views, axis=-1), [-1, 9 * x.shape[-1]])
 
 
-def padded_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, strides: int = 1, padding: int = 0, mode: str = "zero"):
-    """PyTorch's conv: `padding` rows/columns of zeros ("zero") or mirrored pixels ("reflect") on every side,
-    then a "valid" convolution of `x` (NHWC) with the HWIO `kernel`.
+def padded_conv2d(
+    x: tf.Tensor,
+    kernel: tf.Tensor,
+    *,
+    strides: int = 1,
+    padding: int = 0,
+    mode: str = "zero",
+    input_relu_slope: float | None = None,
+):
+    """PyTorch's conv: optionally a (Leaky)ReLU with `input_relu_slope` (0: ReLU), `padding` rows/columns of
+    zeros ("zero") or mirrored pixels ("reflect") on every side, then a "valid" convolution of `x` (NHWC)
+    with the HWIO `kernel`.
 
-    Two things differ from pad + `tf.nn.conv2d`, not in value but in cost:
-    - The gradient keeps only `x`, which the ReLU before the conv keeps anyway, and pads it again once the
-      upstream gradient exists, instead of keeping a padded copy of every conv input. For G1 + the two-scale D
-      at 256x512 that is ~170 MiB less peak tensor memory (benchmarks/README.md) for one cheap pad per conv.
+    Three things differ from relu + pad + `tf.nn.conv2d`, not in value but in cost:
+    - The gradient keeps only `x`, and activates and pads it again once the upstream gradient exists,
+      instead of keeping an activated and a padded copy of every conv input. With `x` the IN output that IN's
+      own gradient keeps, a conv-IN-ReLU unit costs one kept tensor; the padding alone was ~170 MiB of peak
+      tensor memory for G1 + the two-scale D at 256x512 (benchmarks/README.md).
     - On CPUs, 3x3 stride-1 convs with >= MATMUL_CONV_MIN_CHANNELS inputs (G1's 1024-channel residual blocks)
       run as one im2col matrix product: TensorFlow's default (oneDNN) convolution reaches ~100 GFLOP/s there
       on two cores, a matrix product of the same FLOPs ~270 (measured on a 2-core Xeon: 94 vs 37 ms at
       16x32); below ~512 channels the convolution kernel wins. Its gradient rebuilds the shifted views too
       (9x the block input) rather than keep them.
+    - A reflection pad's gradient folds the frame back without a scratch copy (`_reflect_pad_grad`).
     """
     matmul = _use_matmul(kernel.shape, strides)
-    if not padding and not matmul:
+    if not padding and not matmul and input_relu_slope is None:
         return tf.nn.conv2d(x, kernel, strides, "VALID")
     paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
-    pad = (lambda t: tf.pad(t, paddings, _PAD_MODES[mode])) if padding else tf.identity
+
+    def pad(t):  # ReLU after the pad equals ReLU before it (pads copy pixels or add zeros), and runs in place
+        t = tf.pad(t, paddings, _PAD_MODES[mode]) if padding else t
+        return t if input_relu_slope is None else _leaky_relu(t, input_relu_slope)
+
     stride4 = [1, strides, strides, 1]
     channels, filters = kernel.shape[-2], kernel.shape[-1]
 
@@ -298,12 +360,69 @@ def padded_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, strides: int = 1, padding:
             elif mode == "zero":
                 d_x = d_padded[:, padding:-padding, padding:-padding, :]
             else:
-                d_x = tf.raw_ops.MirrorPadGrad(input=d_padded, paddings=paddings, mode="REFLECT")
+                d_x = _reflect_pad_grad(d_padded, padding)
+            if input_relu_slope is not None:
+                d_x = _leaky_relu_grad(d_x, x, input_relu_slope)
             return d_x, d_kernel
 
         return y, grad
 
     return convolve(x, kernel)
+
+
+def _reflect_pad_grad(d_padded: tf.Tensor, padding: int) -> tf.Tensor:
+    """The gradient of a `padding`-wide reflection pad of H and W (NHWC): MirrorPadGrad's values without its
+    scratch copy of the whole padded gradient (33 MiB at the peak of G1's training step at 256x512). The
+    centre is sliced out once, and the frame's values are scatter-added, in place, at the pixels they
+    mirror."""
+    p = padding
+    n, h_padded, w_padded = _sizes(d_padded, range(3))
+    h, w = h_padded - 2 * p, w_padded - 2 * p
+
+    def mirrored(index, size):  # padded index -> the unpadded index it copies: -1 -> 1, size -> size - 2
+        return (size - 1) - tf.abs((size - 1) - tf.abs(index - p))
+
+    def frame_part(rows, cols):
+        batch, r, c = tf.meshgrid(tf.range(n), rows, cols, indexing="ij")
+        indices = tf.stack([batch, mirrored(r, h), mirrored(c, w)], axis=-1)
+        values = tf.gather(tf.gather(d_padded, rows, axis=1), cols, axis=2)
+        return tf.reshape(indices, [-1, 3]), tf.reshape(values, [-1, d_padded.shape[-1]])
+
+    edge_rows = tf.concat([tf.range(p), tf.range(h + p, h_padded)], 0)
+    edge_cols = tf.concat([tf.range(p), tf.range(w + p, w_padded)], 0)
+    parts = [frame_part(edge_rows, tf.range(w_padded)), frame_part(tf.range(p, h + p), edge_cols)]
+    centre = d_padded[:, p : h + p, p : w + p, :]
+    return tf.tensor_scatter_nd_add(centre, tf.concat([i for i, _ in parts], 0), tf.concat([v for _, v in parts], 0))
+
+
+def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float | None = None) -> tf.Tensor:
+    """PyTorch's ConvTranspose2d(3, stride=2, padding=1, output_padding=1) without bias, of an optionally
+    (Leaky)ReLU-activated `x`; the (kh, kw, out, in) `kernel` as in `tf.nn.conv2d_transpose`. Like
+    `padded_conv2d`, the gradient keeps only `x` and activates it again once dy exists."""
+    activate = (lambda t: t) if input_relu_slope is None else (lambda t: _leaky_relu(t, input_relu_slope))
+    stride4 = [1, 2, 2, 1]
+    crop = [[0, 0], [1, 0], [1, 0], [0, 0]]  # the first row and column of the "valid" 2H+1 output
+
+    @tf.custom_gradient
+    def upsample(x, kernel):
+        n, h, w = _sizes(x, range(3))
+        full = tf.nn.conv2d_transpose(activate(x), kernel, [n, 2 * h + 1, 2 * w + 1, kernel.shape[2]], 2, "VALID")
+
+        def grad(dy):
+            with tf.control_dependencies([dy]):
+                activated = activate(tf.identity(x))
+            d_full = tf.pad(dy, crop)
+            d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+                input=d_full, filter_sizes=tf.shape(kernel), out_backprop=activated, strides=stride4, padding="VALID"
+            )
+            d_x = tf.nn.conv2d(d_full, kernel, 2, "VALID")
+            if input_relu_slope is not None:
+                d_x = _leaky_relu_grad(d_x, x, input_relu_slope)
+            return d_x, d_kernel
+
+        return full[:, 1:, 1:, :], grad
+
+    return upsample(x, kernel)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -313,17 +432,32 @@ class TorchConv2D(layers.Conv2D):
     The padding lives inside the layer so that training keeps no padded copy of its input.
     """
 
-    def __init__(self, filters: int, kernel_size: int, *, pad: int = 0, pad_mode: str = "zero", **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int,
+        *,
+        pad: int = 0,
+        pad_mode: str = "zero",
+        input_relu_slope: float | None = None,
+        **kwargs,
+    ):
         if pad_mode not in _PAD_MODES:
             raise ValueError(f"pad_mode must be one of {sorted(_PAD_MODES)}, got {pad_mode!r}")
         kwargs["padding"] = "valid"
         super().__init__(filters, kernel_size, **kwargs)
         self.pad = pad
         self.pad_mode = pad_mode
+        self.input_relu_slope = input_relu_slope
 
     def convolution_op(self, inputs, kernel):
         return padded_conv2d(
-            inputs, ops.cast(kernel, inputs.dtype), strides=self.strides[0], padding=self.pad, mode=self.pad_mode
+            inputs,
+            ops.cast(kernel, inputs.dtype),
+            strides=self.strides[0],
+            padding=self.pad,
+            mode=self.pad_mode,
+            input_relu_slope=self.input_relu_slope,
         )
 
     def compute_output_shape(self, input_shape):
@@ -332,20 +466,32 @@ class TorchConv2D(layers.Conv2D):
         return super().compute_output_shape((n, grow(h), grow(w), c))
 
     def get_config(self):
-        return {**super().get_config(), "pad": self.pad, "pad_mode": self.pad_mode}
+        return {
+            **super().get_config(),
+            "pad": self.pad,
+            "pad_mode": self.pad_mode,
+            "input_relu_slope": self.input_relu_slope,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ResnetBlock(layers.Layer):
-    """The official ResnetBlock: x + [pad, conv3, IN, ReLU, pad, conv3, IN](x), no activation after."""
+    """The official ResnetBlock: x + [pad, conv3, IN, ReLU, pad, conv3, IN](x), no activation after.
 
-    def __init__(self, dim: int, **kwargs):
+    `input_relu`: the block's input is the IN output of a conv-IN-ReLU unit whose ReLU is still to apply
+    (the first block after G's downsampling), so that only that IN output is kept for the backward pass.
+    """
+
+    def __init__(self, dim: int, input_relu: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
-        self.conv1 = conv(dim, 3, dim, padding=1, pad_mode="reflect", name="conv1")
+        self.input_relu = input_relu
+        slope = 0.0 if input_relu else None
+        self.conv1 = conv(dim, 3, dim, padding=1, pad_mode="reflect", input_relu_slope=slope, name="conv1")
         self.norm1 = instance_norm("norm1")
-        self.conv2 = conv(dim, 3, dim, padding=1, pad_mode="reflect", name="conv2")
+        self.conv2 = conv(dim, 3, dim, padding=1, pad_mode="reflect", input_relu_slope=0.0, name="conv2")
         self.norm2 = instance_norm("norm2")
+        self.relu = LeakyReLU(0.0, grad_from="input", name="relu") if input_relu else None
 
     def build(self, input_shape):
         for conv_layer, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2)):
@@ -353,15 +499,14 @@ class ResnetBlock(layers.Layer):
             norm.build(input_shape)
 
     def call(self, x):
-        y = ops.relu(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
-        return x + y
+        y = self.norm2(self.conv2(self.norm1(self.conv1(x))))
+        return (self.relu(x) if self.input_relu else x) + y
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim}
+        return {**super().get_config(), "dim": self.dim, "input_relu": self.input_relu}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -35,20 +35,27 @@ def _nhwc(x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "kernel_size, strides, pad, pad_mode, channels",
+    "kernel_size, strides, pad, pad_mode, channels, slope",
     [
-        (3, 2, 1, "zero", 3),  # G's downsampling
-        (4, 2, 2, "zero", 3),  # D's layers
-        (4, 1, 2, "zero", 3),
-        (7, 1, 3, "reflect", 3),  # G's first and last conv, with the ReflectionPad2d(3) in front
-        (3, 1, 1, "reflect", 4),  # residual block, convolution kernel
-        (3, 1, 1, "reflect", MATMUL_CONV_MIN_CHANNELS),  # residual block, im2col matmul
-        (3, 1, 0, "zero", MATMUL_CONV_MIN_CHANNELS),
+        (3, 2, 1, "zero", 3, None),  # G's downsampling
+        (4, 2, 2, "zero", 3, None),  # D's layers
+        (4, 1, 2, "zero", 3, None),
+        (7, 1, 3, "reflect", 3, None),  # G's first and last conv, with the ReflectionPad2d(3) in front
+        (3, 1, 1, "reflect", 4, None),  # residual block, convolution kernel
+        (3, 1, 1, "reflect", MATMUL_CONV_MIN_CHANNELS, None),  # residual block, im2col matmul
+        (3, 1, 0, "zero", MATMUL_CONV_MIN_CHANNELS, None),
+        (3, 2, 1, "zero", 3, 0.0),  # G: the ReLU of the unit before, applied by the conv
+        (4, 2, 2, "zero", 3, 0.2),  # D: the LeakyReLU of the block before
+        (7, 1, 3, "reflect", 3, 0.0),
+        (3, 1, 0, "zero", 4, 0.0),  # no padding: still the custom gradient
+        (3, 1, 1, "reflect", MATMUL_CONV_MIN_CHANNELS, 0.0),
     ],
 )
-def test_torch_conv2d_and_its_gradients_equal_pytorch(kernel_size, strides, pad, pad_mode, channels):
+def test_torch_conv2d_and_its_gradients_equal_pytorch(kernel_size, strides, pad, pad_mode, channels, slope):
     x = rng.standard_normal((2, 9, 8, channels)).astype(np.float32)
-    layer = conv(5, kernel_size, channels, strides=strides, padding=pad, pad_mode=pad_mode, name="c")
+    layer = conv(
+        5, kernel_size, channels, strides=strides, padding=pad, pad_mode=pad_mode, input_relu_slope=slope, name="c"
+    )
     layer.build(x.shape)
     out_shape = layer.compute_output_shape((2, 9, 8, channels))
     upstream = rng.standard_normal(out_shape).astype(np.float32)
@@ -62,7 +69,8 @@ def test_torch_conv2d_and_its_gradients_equal_pytorch(kernel_size, strides, pad,
     t = _nchw(x).requires_grad_(True)
     weight = torch.from_numpy(np.array(layer.kernel).transpose(3, 2, 0, 1).copy()).requires_grad_(True)
     bias = torch.from_numpy(np.array(layer.bias)).requires_grad_(True)
-    padded = F.pad(t, (pad,) * 4, mode="constant" if pad_mode == "zero" else "reflect")
+    activated = t if slope is None else F.leaky_relu(t, slope)
+    padded = F.pad(activated, (pad,) * 4, mode="constant" if pad_mode == "zero" else "reflect")
     expected = F.conv2d(padded, weight, bias, stride=strides)
     (expected * _nchw(upstream)).sum().backward()
 
@@ -99,17 +107,59 @@ def test_conv_gradient_keeps_no_padded_copy_of_its_input(channels):
     assert any(op.type in ("Conv2DBackpropFilter", "MatMul") for op in ops_)
 
 
-@pytest.mark.parametrize("size", [(4, 4), (5, 6)])
-def test_torch_conv_transpose_doubles_and_equals_pytorch(size):
+@pytest.mark.parametrize("size, slope", [((4, 4), None), ((5, 6), None), ((5, 6), 0.0)])
+def test_torch_conv_transpose_and_its_gradients_equal_pytorch(size, slope):
     x = rng.standard_normal((2, *size, 4)).astype(np.float32)
-    layer = TorchConvTranspose2D(3, in_channels=4)
-    out = np.asarray(layer(x))
+    layer = TorchConvTranspose2D(3, in_channels=4, input_relu_slope=slope)
+    upstream = rng.standard_normal((2, 2 * size[0], 2 * size[1], 3)).astype(np.float32)
+    x_t = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_t)
+        out = layer(x_t)
+        loss = tf.reduce_sum(out * upstream)
+    d_x, d_kernel, d_bias = tape.gradient(loss, [x_t, layer.conv.kernel, layer.conv.bias])
     assert out.shape == (2, 2 * size[0], 2 * size[1], 3)
 
+    t = _nchw(x).requires_grad_(True)
     kernel, bias = (np.asarray(v) for v in layer.conv.weights)  # (kh, kw, out, in), (out,)
-    weight = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # PyTorch's (in, out, kh, kw)
-    expected = F.conv_transpose2d(_nchw(x), weight, torch.from_numpy(bias), stride=2, padding=1, output_padding=1)
-    np.testing.assert_allclose(out, _nhwc(expected), atol=1e-5)
+    weight = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).requires_grad_(True)  # (in, out, kh, kw)
+    bias_t = torch.from_numpy(bias).requires_grad_(True)
+    activated = t if slope is None else F.leaky_relu(t, slope)
+    expected = F.conv_transpose2d(activated, weight, bias_t, stride=2, padding=1, output_padding=1)
+    (expected * _nchw(upstream)).sum().backward()
+    np.testing.assert_allclose(out, _nhwc(expected.detach()), atol=1e-5)
+    np.testing.assert_allclose(d_x, _nhwc(t.grad), atol=1e-4)
+    np.testing.assert_allclose(d_kernel, weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(d_bias, bias_t.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_a_conv_norm_relu_unit_keeps_only_the_norm_output_for_backward():
+    """conv -> IN -> (ReLU inside the next conv): the gradient reads IN's output, never the conv's output
+    (IN's input) nor a separate activation, so one tensor per unit lives through the backward pass."""
+    first = conv(4, 3, 3, padding=1, name="c1")
+    norm = instance_norm("n1")
+    second = conv(2, 3, 4, padding=1, pad_mode="reflect", input_relu_slope=0.0, name="c2")
+
+    @tf.function
+    def grads(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(second(norm(first(x))))
+        return tape.gradient(loss, [x, first.kernel, second.kernel])
+
+    graph = grads.get_concrete_function(tf.TensorSpec((1, 6, 6, 3))).graph
+    ops_ = graph.get_operations()
+    [norm_op] = [op for op in ops_ if op.type == "FusedBatchNormV3"]
+    conv_output = norm_op.inputs[0]
+    for reader in conv_output.consumers():  # the norm, and custom gradients' IdentityN, whose copy is unused
+        assert reader.type in ("FusedBatchNormV3", "IdentityN")
+        if reader.type == "IdentityN":
+            [index] = [i for i, t in enumerate(reader.inputs) if t.name == conv_output.name]
+            assert not reader.outputs[index].consumers()
+    assert not any(op.type.startswith("FusedBatchNormGrad") for op in ops_)
+    relus = [op for op in ops_ if op.type == "Relu"]
+    assert len(relus) == 2  # forward, and again in the backward pass for the kernel gradient
+    assert {c.type for c in relus[0].outputs[0].consumers()} <= {"Conv2D"}
 
 
 @pytest.mark.parametrize("size", [(7, 9), (8, 6), (1, 2)])
@@ -192,11 +242,12 @@ def test_instance_norm_in_half_precision_keeps_the_input_dtype(dtype):
     np.testing.assert_allclose(grad, expected_grad, atol=tol)
 
 
-def test_leaky_relu_value_and_gradient_equal_torch():
+@pytest.mark.parametrize("slope, grad_from", [(0.2, "output"), (0.2, "input"), (0.0, "input"), (0.0, "output")])
+def test_leaky_relu_value_and_gradient_equal_torch(slope, grad_from):
     x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
     upstream = rng.standard_normal(x.shape).astype(np.float32)
-    out, grad = _value_and_input_grad(LeakyReLU(0.2), x, upstream)
-    expected, expected_grad = _torch_value_and_input_grad(lambda t: F.leaky_relu(t, 0.2), x, upstream)
+    out, grad = _value_and_input_grad(LeakyReLU(slope, grad_from=grad_from), x, upstream)
+    expected, expected_grad = _torch_value_and_input_grad(lambda t: F.leaky_relu(t, slope), x, upstream)
     np.testing.assert_allclose(out, expected, atol=1e-7)
     np.testing.assert_allclose(grad, expected_grad, atol=1e-7)
 
@@ -243,18 +294,24 @@ def test_wide_resnet_block_takes_the_matmul_path_and_equals_torch():
         (lambda: TorchConvTranspose2D(3, in_channels=2, name="up"), [(1, 4, 4, 2)]),
         (lambda: AvgPoolExcludePad(name="pool"), [(1, 5, 5, 2)]),
         (lambda: ResnetBlock(4, name="block"), [(1, 6, 6, 4)]),
+        (lambda: ResnetBlock(4, input_relu=True, name="block"), [(1, 6, 6, 4)]),
         (lambda: InstanceAveragePool(name="inst_pool"), [(1, 4, 4, 2), (1, 4, 4)]),
         (lambda: instance_norm(name="norm"), [(2, 4, 4, 3)]),
         (lambda: LeakyReLU(0.3, name="lrelu"), [(1, 4, 4, 2)]),
+        (lambda: conv(3, 3, 2, padding=1, input_relu_slope=0.2, name="conv"), [(1, 6, 6, 2)]),
+        (lambda: TorchConvTranspose2D(3, in_channels=2, input_relu_slope=0.0, name="up"), [(1, 4, 4, 2)]),
     ],
     ids=[
         "TorchConv2D",
         "TorchConvTranspose2D",
         "AvgPoolExcludePad",
         "ResnetBlock",
+        "ResnetBlock-input_relu",
         "InstanceAveragePool",
         "InstanceNormalization",
         "LeakyReLU",
+        "TorchConv2D-input_relu",
+        "TorchConvTranspose2D-input_relu",
     ],
 )
 def test_config_round_trip_gives_the_same_layer(make_layer, shapes):

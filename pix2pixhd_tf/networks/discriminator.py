@@ -8,15 +8,18 @@ from pix2pixhd_tf.layers import AvgPoolExcludePad, FunctionalNetwork, LeakyReLU,
 
 _PACKAGE = "pix2pixhd_tf"
 _KW, _PADW = 4, 2  # kernel 4, padding ceil((4 - 1) / 2) = 2, as in the official code
+_SLOPE = 0.2
 
 
-def _conv_block(x, filters: int, in_channels: int, strides: int, name: str, norm: bool, activation: bool, dtype=None):
-    x = conv(filters, _KW, in_channels, strides=strides, padding=_PADW, name=name, dtype=dtype)(x)
-    if norm:
-        x = instance_norm(f"{name}_norm")(x)
-    if activation:
-        x = LeakyReLU(0.2, name=f"{name}_lrelu")(x)
-    return x
+def _conv_block(
+    x, filters: int, in_channels: int, strides: int, name: str, norm: bool, input_relu: bool = False, dtype=None
+):
+    """conv [+ IN]. `input_relu`: `x` is the previous block's IN output, whose LeakyReLU this conv applies."""
+    slope = _SLOPE if input_relu else None
+    x = conv(filters, _KW, in_channels, strides=strides, padding=_PADW, input_relu_slope=slope, name=name, dtype=dtype)(
+        x
+    )
+    return instance_norm(f"{name}_norm")(x) if norm else x
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -32,15 +35,21 @@ class NLayerDiscriminator(FunctionalNetwork):
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, **kwargs):
         inputs = keras.Input((None, None, input_nc), name="input")
-        outputs = [_conv_block(inputs, ndf, input_nc, 2, "layer0", norm=False, activation=True)]
+        x = _conv_block(inputs, ndf, input_nc, 2, "layer0", norm=False)
+        # No IN here: the gradient keeps the activation, so grappler can fuse conv + bias + LeakyReLU.
+        x = LeakyReLU(_SLOPE, grad_from="output", name="layer0_lrelu")(x)
+        outputs, input_relu = [x], False
         nf = ndf
-        for n in range(1, n_layers_D):
+        for n in range(1, n_layers_D + 1):
             nf_prev, nf = nf, min(nf * 2, 512)
-            outputs.append(_conv_block(outputs[-1], nf, nf_prev, 2, f"layer{n}", norm=True, activation=True))
-        nf_prev, nf = nf, min(nf * 2, 512)
-        outputs.append(_conv_block(outputs[-1], nf, nf_prev, 1, f"layer{n_layers_D}", norm=True, activation=True))
+            strides = 2 if n < n_layers_D else 1
+            x = _conv_block(x, nf, nf_prev, strides, f"layer{n}", norm=True, input_relu=input_relu)
+            # The features are LeakyReLU(IN output); the next conv activates that IN output itself, so it is
+            # the one tensor kept for the block's backward pass.
+            outputs.append(LeakyReLU(_SLOPE, grad_from="input", name=f"layer{n}_lrelu")(x))
+            input_relu = True
         outputs.append(
-            _conv_block(outputs[-1], 1, nf, 1, f"layer{n_layers_D + 1}", norm=False, activation=False, dtype="float32")
+            _conv_block(x, 1, nf, 1, f"layer{n_layers_D + 1}", norm=False, input_relu=input_relu, dtype="float32")
         )
         super().__init__(inputs, outputs, **kwargs)
         self.input_nc = input_nc
