@@ -16,9 +16,10 @@ def _conv_block(
 ):
     """conv [+ IN]. `input_relu`: `x` is the previous block's IN output, whose LeakyReLU this conv applies."""
     slope = _SLOPE if input_relu else None
-    x = conv(filters, _KW, in_channels, strides=strides, padding=_PADW, input_relu_slope=slope, name=name, dtype=dtype)(
-        x
+    layer = conv(
+        filters, _KW, in_channels, strides=strides, padding=_PADW, input_relu_slope=slope, name=name, dtype=dtype
     )
+    x = layer(x)
     return instance_norm(f"{name}_norm")(x) if norm else x
 
 

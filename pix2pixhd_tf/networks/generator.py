@@ -35,21 +35,17 @@ def conv_norm_relu(
 ):
     """[pad], conv, IN at official positions index, index+1; returns IN's output, whose ReLU (position
     index+2) the next layer applies. `input_relu`: `x` is such an output too."""
-    slope = _relu_slope(input_relu)
-    if kernel_size == 7:  # the official model.{index - 1} is the ReflectionPad2d(3)
-        layer = conv(
-            filters, 7, in_channels, padding=3, pad_mode="reflect", input_relu_slope=slope, name=f"{name}_{index}"
-        )
-    else:
-        layer = conv(
-            filters,
-            kernel_size,
-            in_channels,
-            strides=strides,
-            padding=1,
-            input_relu_slope=slope,
-            name=f"{name}_{index}",
-        )
+    reflect = kernel_size == 7  # the official model.{index - 1} is then a ReflectionPad2d(3)
+    layer = conv(
+        filters,
+        kernel_size,
+        in_channels,
+        strides=strides,
+        padding=3 if reflect else 1,
+        pad_mode="reflect" if reflect else "zero",
+        input_relu_slope=_relu_slope(input_relu),
+        name=f"{name}_{index}",
+    )
     return instance_norm(f"{name}_{index + 1}")(layer(x))
 
 
