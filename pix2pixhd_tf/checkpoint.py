@@ -100,7 +100,9 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> str:
         raise ValueError(
             f"the checkpoint {path} does not hold everything these options build (missing: "
             f"{', '.join(missing[:8]) or str(err)[:300]}); check that --netG, --instance_feat/--label_feat and "
-            "the network sizes match the ones it was trained with"
+            "the network sizes match the ones it was trained with. A checkpoint written by an earlier development "
+            "version of pix2pixhd_tf may have another layer layout (retrain, or convert the official .pth files "
+            "again with tools/convert_checkpoint.py)"
         ) from None
     status.expect_partial()
     return path

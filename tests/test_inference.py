@@ -371,5 +371,6 @@ def test_errors_say_what_exists(feat_opts, data_root, tmp_path):
         run_test(plain, style=StyleSpec.from_dict({"classes": {"8": 0}}), progress=False)
     # A checkpoint without the encoder that these flags build (no options.json to catch it first).
     os.remove(os.path.join(ckpt.experiment_dir(loaded), "options.json"))
-    with pytest.raises(ValueError, match="does not hold everything these options build"):
+    with pytest.raises(ValueError, match="does not hold everything these options build") as error:
         Synthesizer.from_checkpoint(loaded.replace(load_features=False))
+    assert "earlier development version" in str(error.value)  # the other cause, with what to do about it
