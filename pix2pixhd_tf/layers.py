@@ -113,12 +113,18 @@ def instance_norm(name: str | None = None) -> layers.Layer:
     return InstanceNormalization(epsilon=1e-5, name=name)
 
 
-def _leaky_relu(x: tf.Tensor, slope: float) -> tf.Tensor:
+def _activate(x: tf.Tensor, slope: float | None) -> tf.Tensor:
+    """LeakyReLU with negative slope `slope` (0: ReLU; None: no activation)."""
+    if slope is None:
+        return x
     return tf.nn.relu(x) if slope == 0 else tf.nn.leaky_relu(x, slope)
 
 
-def _leaky_relu_grad(dy: tf.Tensor, features: tf.Tensor, slope: float) -> tf.Tensor:
-    """dy where `features` > 0, dy·slope elsewhere: `features` may be the input or the output (same sign)."""
+def _activate_grad(dy: tf.Tensor, features: tf.Tensor, slope: float | None) -> tf.Tensor:
+    """`_activate`'s gradient: dy where `features` > 0, dy·slope elsewhere. `features` may be the input or the
+    output (same sign)."""
+    if slope is None:
+        return dy
     if slope == 0:
         return tf.raw_ops.ReluGrad(gradients=dy, features=features)
     return tf.where(features > 0, dy, dy * tf.cast(slope, dy.dtype))
@@ -146,8 +152,8 @@ class LeakyReLU(layers.Layer):
 
         @tf.custom_gradient
         def leaky_relu(x):
-            y = _leaky_relu(x, slope)
-            return y, lambda dy: _leaky_relu_grad(dy, y if self.grad_from == "output" else x, slope)
+            y = _activate(x, slope)
+            return y, lambda dy: _activate_grad(dy, y if self.grad_from == "output" else x, slope)
 
         return leaky_relu(x)
 
@@ -321,8 +327,7 @@ def padded_conv2d(
     paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
 
     def pad(t):  # ReLU after the pad equals ReLU before it (pads copy pixels or add zeros), and runs in place
-        t = tf.pad(t, paddings, _PAD_MODES[mode]) if padding else t
-        return t if input_relu_slope is None else _leaky_relu(t, input_relu_slope)
+        return _activate(tf.pad(t, paddings, _PAD_MODES[mode]) if padding else t, input_relu_slope)
 
     stride4 = [1, strides, strides, 1]
     channels, filters = kernel.shape[-2], kernel.shape[-1]
@@ -361,9 +366,7 @@ def padded_conv2d(
                 d_x = d_padded[:, padding:-padding, padding:-padding, :]
             else:
                 d_x = _reflect_pad_grad(d_padded, padding)
-            if input_relu_slope is not None:
-                d_x = _leaky_relu_grad(d_x, x, input_relu_slope)
-            return d_x, d_kernel
+            return _activate_grad(d_x, x, input_relu_slope), d_kernel
 
         return y, grad
 
@@ -399,26 +402,25 @@ def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float 
     """PyTorch's ConvTranspose2d(3, stride=2, padding=1, output_padding=1) without bias, of an optionally
     (Leaky)ReLU-activated `x`; the (kh, kw, out, in) `kernel` as in `tf.nn.conv2d_transpose`. Like
     `padded_conv2d`, the gradient keeps only `x` and activates it again once dy exists."""
-    activate = (lambda t: t) if input_relu_slope is None else (lambda t: _leaky_relu(t, input_relu_slope))
     stride4 = [1, 2, 2, 1]
     crop = [[0, 0], [1, 0], [1, 0], [0, 0]]  # the first row and column of the "valid" 2H+1 output
 
     @tf.custom_gradient
     def upsample(x, kernel):
         n, h, w = _sizes(x, range(3))
-        full = tf.nn.conv2d_transpose(activate(x), kernel, [n, 2 * h + 1, 2 * w + 1, kernel.shape[2]], 2, "VALID")
+        full = tf.nn.conv2d_transpose(
+            _activate(x, input_relu_slope), kernel, [n, 2 * h + 1, 2 * w + 1, kernel.shape[2]], 2, "VALID"
+        )
 
         def grad(dy):
             with tf.control_dependencies([dy]):
-                activated = activate(tf.identity(x))
+                activated = _activate(tf.identity(x), input_relu_slope)
             d_full = tf.pad(dy, crop)
             d_kernel = tf.raw_ops.Conv2DBackpropFilter(
                 input=d_full, filter_sizes=tf.shape(kernel), out_backprop=activated, strides=stride4, padding="VALID"
             )
             d_x = tf.nn.conv2d(d_full, kernel, 2, "VALID")
-            if input_relu_slope is not None:
-                d_x = _leaky_relu_grad(d_x, x, input_relu_slope)
-            return d_x, d_kernel
+            return _activate_grad(d_x, x, input_relu_slope), d_kernel
 
         return full[:, 1:, 1:, :], grad
 
@@ -500,7 +502,7 @@ class ResnetBlock(layers.Layer):
 
     def call(self, x):
         y = self.norm2(self.conv2(self.norm1(self.conv1(x))))
-        return (self.relu(x) if self.input_relu else x) + y
+        return (x if self.relu is None else self.relu(x)) + y
 
     def compute_output_shape(self, input_shape):
         return input_shape
