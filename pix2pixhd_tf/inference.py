@@ -594,7 +594,7 @@ def style_report(
     Writes `report.json` and `variants.png` to `output_dir` (default `{results_dir}/{name}/style_report`).
 
     Args:
-        opts: the trained local_feat experiment's flags.
+        opts: the trained feature experiment's flags (e.g. configs/local.cfg).
         meta: the dataset's meta.json (path or loaded dict).
         class_id: the class to study.
 

@@ -10,6 +10,7 @@ model: the mean change inside the edited pixels is about 5-9x the mean change fa
 import http.server
 import io
 import json
+import os
 import threading
 import warnings
 
@@ -414,15 +415,13 @@ def test_saved_model_and_rest_backends_match_the_checkpoint(opts, tmp_path):
 
 
 def test_latency_benchmark_runs(opts):
-    from pix2pixhd_tf.editor.benchmark import measure_edit_latency, options_from_flagfile
+    from pix2pixhd_tf.editor.benchmark import REPO_ROOT, measure_edit_latency, options_from_flagfile
 
     result = measure_edit_latency(opts, height=64, width=128, runs=3, warmup=1)
     assert result["runs"] == 3 and 0 < result["min_s"] <= result["median_s"] <= result["max_s"]
     assert 0 < result["generate_median_s"] < result["max_s"] and result["nproc"] >= 1 and result["cpu"]
-    local_feat = options_from_flagfile()  # configs/local_feat.cfg, whose nested flagfile is relative
-    assert (local_feat.name, local_feat.ngf, local_feat.instance_feat, local_feat.n_clusters) == (
-        "local_synthetic_feat",
-        32,
-        True,
-        10,
-    )
+    local = options_from_flagfile()  # configs/local.cfg
+    assert (local.name, local.ngf, local.instance_feat, local.n_clusters) == ("local_synthetic", 32, True, 10)
+    # A nested, repository-relative --flagfile line: the 512p flags, then 1024p's own over them.
+    hd = options_from_flagfile(os.path.join(REPO_ROOT, "configs", "cityscapes_1024p.cfg"))
+    assert (hd.name, hd.netG, hd.ngf, hd.label_nc, hd.fineSize) == ("label2city_1024p", "local", 32, 35, 1024)

@@ -1,9 +1,9 @@
 """The interactive editor (paper §3.3-3.4) in the browser: paint labels, add/delete/relabel objects, pick styles.
 
-    python tools/editor.py --flagfile=configs/local_feat.cfg                       # the latest checkpoint
-    python tools/editor.py --flagfile=configs/local_feat.cfg --which_epoch=8 --port=0
-    python tools/editor.py --flagfile=configs/local_feat.cfg --saved_model=exported/local_synthetic_feat
-    python tools/editor.py --flagfile=configs/local_feat.cfg \\
+    python tools/editor.py --flagfile=configs/local.cfg  # the latest checkpoint
+    python tools/editor.py --flagfile=configs/local.cfg --which_epoch=8 --port=0
+    python tools/editor.py --flagfile=configs/local.cfg --saved_model=exported/local_synthetic
+    python tools/editor.py --flagfile=configs/local.cfg \\
         --serving_url=http://localhost:8501/v1/models/pix2pixhd
 
 Pass the flags the experiment was trained with. The model is the checkpoint `{checkpoints_dir}/{name}/

@@ -1,6 +1,6 @@
 """Encode the training set with the trained feature encoder and cluster the features per class (paper §3.4).
 
-    python tools/encode_features.py --flagfile=configs/local_feat.cfg
+    python tools/encode_features.py --flagfile=configs/local.cfg
 
 Writes `{checkpoints_dir}/{name}/clusters.npz` (or --clusters_out), which tools/test.py, the editor and
 the exporter sample styles from. Instances larger than h*w/64 pixels are clustered by k-means per class,

@@ -1,6 +1,6 @@
 """Export a trained model for TF Serving (a versioned SavedModel) and, optionally, TFLite.
 
-    python tools/export.py --flagfile=configs/local_feat.cfg --export_dir=exported/label2city
+    python tools/export.py --flagfile=configs/local.cfg --export_dir=exported/label2city
     python tools/export.py --flagfile=configs/cityscapes_512p.cfg --export_dir=/models/pix2pixhd \\
         --tflite_size=256x512 --tflite_variants=float32,float16,dynamic_range
 

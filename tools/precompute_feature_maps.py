@@ -1,6 +1,6 @@
 """Write the trained encoder's instance-pooled feature maps to {dataroot}/{phase}_feat, for --load_features.
 
-    python tools/precompute_feature_maps.py --flagfile=configs/local_feat.cfg
+    python tools/precompute_feature_maps.py --flagfile=configs/local.cfg
     python tools/precompute_feature_maps.py --flagfile=... --feat_format=png   # the official 8-bit RGB maps
 
 Each `{phase}_label/NAME.png` gets `{phase}_feat/NAME.npy` (float32 [H, W, feat_num], the default) or

@@ -1,8 +1,8 @@
 """Does k-means of the encoder's features recover the synthetic dataset's car paints? (issue "Styles and inference")
 
-    python tools/train.py --flagfile=configs/local_feat.cfg
-    python tools/encode_features.py --flagfile=configs/local_feat.cfg
-    python tools/style_report.py --flagfile=configs/local_feat.cfg
+    python tools/train.py --flagfile=configs/local.cfg
+    python tools/encode_features.py --flagfile=configs/local.cfg
+    python tools/style_report.py --flagfile=configs/local.cfg
 
 Assigns every training car to its nearest cluster, compares with the ground-truth paint in
 {dataroot}/meta.json (purity, NMI, paints found vs present), and renders a strip of one test scene with

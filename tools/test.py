@@ -1,8 +1,8 @@
 """Synthesise images for a folder of label (+ instance) maps, as the official test.py.
 
-    python tools/test.py --flagfile=configs/local_feat.cfg --phase=test --how_many=20
-    python tools/test.py --flagfile=configs/local_feat.cfg --style_spec=red_cars.json --sample_seed=3
-    python tools/test.py --flagfile=configs/local_feat.cfg --use_encoded_image
+    python tools/test.py --flagfile=configs/local.cfg --phase=test --how_many=20
+    python tools/test.py --flagfile=configs/local.cfg --style_spec=red_cars.json --sample_seed=3
+    python tools/test.py --flagfile=configs/local.cfg --use_encoded_image
 
 --phase defaults to test. Pass the flags the experiment was trained with (they are checked against
 its options.json). Writes

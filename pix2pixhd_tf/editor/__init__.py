@@ -1,9 +1,9 @@
 """The interactive editor of the paper (§3.3-3.4) in the browser: paint labels, add, delete and relabel
 objects, and pick each object's style from its class's clusters.
 
-    python tools/editor.py --flagfile=configs/local_feat.cfg            # a training checkpoint
-    python tools/editor.py --flagfile=configs/local_feat.cfg --saved_model=exported/label2city
-    python tools/editor.py --flagfile=configs/local_feat.cfg --serving_url=http://localhost:8501/v1/models/pix2pixhd
+    python tools/editor.py --flagfile=configs/local.cfg  # a training checkpoint
+    python tools/editor.py --flagfile=configs/local.cfg --saved_model=exported/label2city
+    python tools/editor.py --flagfile=configs/local.cfg --serving_url=http://localhost:8501/v1/models/pix2pixhd
 
 Modules: `scene` (the edit model: maps, edits, styles, undo/redo, upload checks; numpy only), `backends`
 (checkpoint / SavedModel / TF Serving REST generation), `app` (the FastAPI app and its server; needs the

@@ -124,7 +124,7 @@ class Backend:
 
 class CompiledGenerator:
     """G behind one shape-polymorphic `tf.function`: on a CPU about 1.4x faster per call than the eager Keras
-    call (measured 0.35 s vs 0.51 s for the local_feat G at 256x512), traced once for every size, at
+    call (measured 0.35 s vs 0.51 s for the local.cfg G at 256x512), traced once for every size, at
     construction (a few seconds) rather than on the first edit."""
 
     def __init__(self, generator, input_nc: int):

@@ -1,7 +1,7 @@
 """How long the editor takes to show the image after an edit (the number in benchmarks/editor_latency.md).
 
-    python -m pix2pixhd_tf.editor.benchmark --runs=20                  # configs/local_feat.cfg, 256x512
-    python -m pix2pixhd_tf.editor.benchmark --flagfile=configs/local_feat.cfg --height=256 --width=512
+    python -m pix2pixhd_tf.editor.benchmark --runs=20  # configs/local.cfg, 256x512
+    python -m pix2pixhd_tf.editor.benchmark --flagfile=configs/local.cfg --height=256 --width=512
 
 The networks of the config are built with random weights (latency does not depend on training), with a
 random cluster bank of the config's n_clusters per class, behind the real web app (`create_app`, FastAPI's
@@ -28,7 +28,7 @@ from pix2pixhd_tf.options import Options
 __all__ = ["cpu_model", "measure_edit_latency", "options_from_flagfile"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_FLAGFILE = os.path.join(REPO_ROOT, "configs", "local_feat.cfg")
+DEFAULT_FLAGFILE = os.path.join(REPO_ROOT, "configs", "local.cfg")
 
 
 def _flagfile_args(path: str) -> list[str]:
@@ -51,7 +51,7 @@ def _flagfile_args(path: str) -> list[str]:
 
 
 def options_from_flagfile(path: str = DEFAULT_FLAGFILE, **overrides: Any) -> Options:
-    """The Options a flagfile (e.g. configs/local_feat.cfg) gives, with `overrides` applied."""
+    """The Options a flagfile (e.g. configs/local.cfg) gives, with `overrides` applied."""
     from absl import flags
 
     from pix2pixhd_tf.flags import define_flags, options_from_flags
@@ -68,7 +68,7 @@ def measure_edit_latency(
     """Median (and more) seconds from POSTing an edit to having the regenerated PNG, over `runs` edits.
 
     Args:
-        opts: the model's options (default: configs/local_feat.cfg).
+        opts: the model's options (default: configs/local.cfg).
         height, width: the scene size (multiples of the generator's size multiple).
 
     Returns:
