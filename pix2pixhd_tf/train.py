@@ -100,6 +100,17 @@ class TrainResult:
     checkpoint_dir: str
 
 
+def finish_message(opts: Options, result: TrainResult) -> str:
+    """What the run did, and the step a feature model needs before tools/test.py can sample styles."""
+    state = "interrupted" if result.interrupted else "finished"
+    message = f"Training {state} after {result.global_step} steps; checkpoints in {result.checkpoint_dir}."
+    if opts.use_encoder and not result.interrupted:
+        message += (
+            "\nNext, with the same flags: tools/encode_features.py (the cluster bank tools/test.py samples from)."
+        )
+    return message
+
+
 class Trainer:
     """Owns the strategy, the model, its checkpoint and the logs of one experiment."""
 

@@ -16,7 +16,7 @@ import pytest
 from pix2pixhd_tf import checkpoint as ckpt
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.options import Options
-from pix2pixhd_tf.train import Trainer, learning_rate, prepare_data, train
+from pix2pixhd_tf.train import Trainer, TrainResult, finish_message, learning_rate, prepare_data, train
 from tests.helpers import sgd_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,6 +219,18 @@ def test_multi_worker_training_matches_a_single_process(tmp_path):
     assert int(resumed.position.epoch) == 2 and int(resumed.position.global_step) == 3
     for i, v in enumerate(resumed.model.generator.weights):
         np.testing.assert_array_equal(np.array(v), workers[0][f"g{i}"])
+
+
+def test_finish_message_names_the_encoding_step_only_a_finished_encoder_model_needs(tmp_path):
+    def message(interrupted: bool, **overrides) -> str:
+        result = TrainResult(None, 2, 16, interrupted, {}, "/ck/tiny")
+        return finish_message(tiny_train_options(tmp_path, **overrides), result)
+
+    assert message(False) == "Training finished after 16 steps; checkpoints in /ck/tiny."
+    assert message(True, instance_feat=True) == "Training interrupted after 16 steps; checkpoints in /ck/tiny."
+    assert message(False, instance_feat=True).splitlines()[1].startswith("Next, with the same flags: tools/encode_")
+    assert "encode_features" in message(False, label_feat=True)
+    assert "encode_features" not in message(False, instance_feat=True, load_features=True)
 
 
 @pytest.mark.slow

@@ -11,16 +11,15 @@ SIGTERM saves a checkpoint first; `--continue_train` picks up exactly where it s
 from absl import app
 
 from pix2pixhd_tf.flags import define_flags, options_from_flags
-from pix2pixhd_tf.train import train
+from pix2pixhd_tf.train import finish_message, train
 
 define_flags()
 
 
 def main(argv):
     del argv
-    result = train(options_from_flags())
-    state = "interrupted" if result.interrupted else "finished"
-    print(f"Training {state} after {result.global_step} steps; checkpoints in {result.checkpoint_dir}.")
+    opts = options_from_flags()
+    print(finish_message(opts, train(opts)))
 
 
 if __name__ == "__main__":
