@@ -343,10 +343,7 @@ def padded_conv2d(
             y = tf.nn.conv2d(padded, kernel, strides, "VALID")
 
         def grad(dy):
-            # Pad again only once dy exists: without the dependency grappler merges this pad (and the views)
-            # with the forward's identical ones and keeps those alive through the whole backward pass.
-            with tf.control_dependencies([dy]):
-                padded = pad(tf.identity(x))
+            padded = _recompute_after(dy, pad, x)
             if matmul:
                 dy_rows = tf.reshape(dy, [-1, filters])
                 d_kernel = tf.reshape(tf.matmul(_im2col(padded), dy_rows, transpose_a=True), [3, 3, channels, filters])
@@ -371,6 +368,14 @@ def padded_conv2d(
         return y, grad
 
     return convolve(x, kernel)
+
+
+def _recompute_after(dy: tf.Tensor, fn, x: tf.Tensor) -> tf.Tensor:
+    """`fn(x)` again inside a gradient, once `dy` exists. Without the dependency grappler merges it (and, for
+    im2col, the shifted views) with the forward's identical ops and keeps those alive through the whole
+    backward pass."""
+    with tf.control_dependencies([dy]):
+        return fn(tf.identity(x))
 
 
 def _reflect_pad_grad(d_padded: tf.Tensor, padding: int) -> tf.Tensor:
@@ -413,8 +418,7 @@ def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float 
         )
 
         def grad(dy):
-            with tf.control_dependencies([dy]):
-                activated = _activate(tf.identity(x), input_relu_slope)
+            activated = _recompute_after(dy, lambda t: _activate(t, input_relu_slope), x)
             d_full = tf.pad(dy, crop)
             d_kernel = tf.raw_ops.Conv2DBackpropFilter(
                 input=d_full, filter_sizes=tf.shape(kernel), out_backprop=activated, strides=stride4, padding="VALID"

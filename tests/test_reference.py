@@ -119,7 +119,7 @@ def _assert_gradients_match(net, torch_net, kind: str, inputs: list[np.ndarray],
     grads = tape.gradient(loss, [tensors[0], *net.trainable_weights])
 
     torch_inputs[0].requires_grad_(True)
-    theirs = [t for t in _flatten_torch(torch_net(*torch_inputs))]
+    theirs = tf.nest.flatten(torch_net(*torch_inputs))
     torch_loss = sum((t * ref.to_nchw(u)).sum() for t, u in zip(theirs, upstream, strict=True))
     torch_loss.backward()
     grad_net = make_net()
@@ -140,12 +140,6 @@ def _assert_gradients_match(net, torch_net, kind: str, inputs: list[np.ndarray],
         worst = max(worst, error / scale)
         assert error < 1e-4 * scale, f"{kind} {name}: max abs error {error:.1e}, largest value {scale:.2e}"
     print(f"{kind}: worst gradient error {worst:.1e} of the gradient's largest value")
-
-
-def _flatten_torch(outputs) -> list:
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    return [t for item in outputs for t in _flatten_torch(item)]
 
 
 @pytest.mark.parametrize("n_local_enhancers", [0, 2], ids=["global", "local2"])
