@@ -675,8 +675,10 @@ def evaluate(
             "label_mapping": label_mapping,
             "ignore_index": ignore_index,
             "class_names": list(class_names) if class_names else None,
-            "generated": metrics_lib.segmentation_scores(seg["generated"]).to_dict(),
-            "real": metrics_lib.segmentation_scores(seg["real"]).to_dict(),
+            **{
+                key: {**metrics_lib.segmentation_scores(counts).to_dict(), "confusion": counts.tolist()}
+                for key, counts in seg.items()
+            },
         }
     if features is not None:
         report.update(
@@ -763,8 +765,17 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def _confusion_cell(names: Sequence[str], worst: tuple[int, float] | None, real_row: Sequence[int]) -> str:
+    """The generated images' worst confusion for one class, and the real images' share of the same mistake."""
+    if worst is None:
+        return "–"
+    target, share = worst
+    real_share = real_row[target] / max(sum(real_row), 1)
+    return f"{names[target]} {100 * share:.0f}% ({100 * real_share:.0f}%)"
+
+
 def format_markdown(report: dict) -> str:
-    """The report as Markdown tables: a summary, then SWD per level and IoU per class when present."""
+    """The report as Markdown tables: a summary, then SWD per level and IoU (and worst confusion) per class."""
     lines = [
         (
             f"## Evaluation of {report['results_dir']} against {report['dataroot']} ({report['phase']}, "
@@ -802,10 +813,22 @@ def format_markdown(report: dict) -> str:
             lines.append(f"| {level} | {_fmt(value, 2)} | {_fmt(ref_value, 2)} |")
     if seg:
         names = seg["class_names"] or [str(i) for i in range(seg["num_classes"])]
-        lines += ["", "| class | IoU generated | IoU real |", "|---|---|---|"]
-        for name, generated, real in zip(names, seg["generated"]["per_class_iou"], seg["real"]["per_class_iou"]):
-            lines.append(f"| {name} | {_fmt(generated)} | {_fmt(real)} |")
-        lines += ["", "IoU is – for classes in neither the labels nor the predictions; they are not in the mean."]
+        lines += [
+            "",
+            "| class | IoU generated | IoU real | most often taken for, generated (real) |",
+            "|---|---|---|---|",
+        ]
+        worst = metrics_lib.most_confused(seg["generated"]["confusion"])
+        for c, name in enumerate(names):
+            iou = [_fmt(seg[k]["per_class_iou"][c]) for k in ("generated", "real")]
+            cell = _confusion_cell(names, worst[c], seg["real"]["confusion"][c])
+            lines.append(f"| {name} | {iou[0]} | {iou[1]} | {cell} |")
+        lines += [
+            "",
+            "IoU is – for classes in neither the labels nor the predictions; they are not in the mean. The last "
+            "column names the wrong class that the segmenter gives most of a class's pixels in the generated "
+            "images, with the share of that class's pixels it gets there and, in brackets, in the real images.",
+        ]
     for key in ("fid", "kid"):
         for note in report.get(key, {}).get("notes", []):
             if f"Note: {note}" not in lines:

@@ -134,6 +134,21 @@ def segmentation_scores(confusion: np.ndarray) -> SegmentationScores:
     )
 
 
+def most_confused(confusion: np.ndarray) -> list[tuple[int, float] | None]:
+    """Per ground-truth class, the wrong class its pixels are most often given, and that share of the class.
+
+    Says *where* a segmentation score is lost (e.g. vegetation read as building), which IoU alone hides.
+    None for a class absent from the ground truth or without errors.
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    wrong = confusion * (1 - np.eye(len(confusion)))
+    out: list[tuple[int, float] | None] = []
+    for row, total in zip(wrong, confusion.sum(axis=1)):
+        target = int(row.argmax())
+        out.append((target, float(row[target] / total)) if total > 0 and row[target] > 0 else None)
+    return out
+
+
 def _nanmean(values: np.ndarray) -> float:
     defined = values[~np.isnan(values)]
     return float(defined.mean()) if defined.size else math.nan

@@ -206,6 +206,18 @@ def test_evaluate_counts_a_wrong_generated_image(dataset, tmp_path):
     assert report["swd"]["generated_vs_real"]["mean"] > 0
     assert "fid" not in report and "kid" not in report
 
+    # The confusion counts say where: the first image's class 1 and 2 pixels all went to class 0.
+    first_label = np.array(Image.open(min((root / "test_label").iterdir())))
+    all_labels = np.stack([np.array(Image.open(f)) for f in sorted((root / "test_label").iterdir())])
+    confusion = np.array(generated["confusion"])
+    assert np.array_equal(np.array(real["confusion"]), np.diag(np.diag(real["confusion"])))
+    markdown = evaluation.format_markdown(report)
+    for cls in (1, 2):
+        assert confusion[cls, 0] == (first_label == cls).sum() and confusion[cls, 3 - cls] == 0
+        share = (first_label == cls).sum() / (all_labels == cls).sum()
+        assert f"| {cls} | {generated['per_class_iou'][cls]:.4f} | 1.0000 | 0 {100 * share:.0f}% (0%) |" in markdown
+    assert "| 0 | " in markdown and markdown.split("| 0 | ")[1].split("\n")[0].endswith("| – |")
+
 
 def test_exact_names_without_suffix_and_eval_size(dataset, tmp_path):
     root, saved = dataset

@@ -32,6 +32,8 @@ def test_confusion_matrix_and_scores_on_a_hand_made_example():
     np.testing.assert_allclose(scores.per_class_iou, [1 / 3, 1 / 2, 1 / 2, 0.0])
     assert scores.mean_iou == pytest.approx((1 / 3 + 1 / 2 + 1 / 2 + 0) / 4)
     np.testing.assert_allclose(scores.per_class_accuracy, [1 / 2, 1.0, 1 / 2, 0.0])
+    # Where each class goes wrong: class 1 has no errors; class 3's one pixel is read as 1.
+    assert metrics.most_confused(confusion) == [(1, 0.5), None, (0, 0.5), (1, 1.0)]
 
 
 def test_absent_classes_are_left_out_of_the_mean_and_ignore_index_works():
