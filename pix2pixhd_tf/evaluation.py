@@ -675,10 +675,8 @@ def evaluate(
             "label_mapping": label_mapping,
             "ignore_index": ignore_index,
             "class_names": list(class_names) if class_names else None,
-            **{
-                key: {**metrics_lib.segmentation_scores(counts).to_dict(), "confusion": counts.tolist()}
-                for key, counts in seg.items()
-            },
+            "generated": metrics_lib.segmentation_scores(seg["generated"]).to_dict(),
+            "real": metrics_lib.segmentation_scores(seg["real"]).to_dict(),
         }
     if features is not None:
         report.update(

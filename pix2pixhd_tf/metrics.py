@@ -79,6 +79,7 @@ class SegmentationScores:
       per_class_iou: [C] TP / (TP + FP + FN); NaN where the class is in neither GT nor prediction.
       per_class_accuracy: [C] TP / (TP + FN); NaN where the class is absent from the ground truth.
       num_pixels: number of valid pixels counted.
+      confusion: [C, C] the counts they come from (rows GT, columns prediction), for `most_confused`.
     """
 
     pixel_accuracy: float
@@ -87,6 +88,7 @@ class SegmentationScores:
     per_class_iou: np.ndarray
     per_class_accuracy: np.ndarray
     num_pixels: int
+    confusion: np.ndarray
 
     def to_dict(self) -> dict:
         """JSON-ready values (NaN becomes None)."""
@@ -97,6 +99,7 @@ class SegmentationScores:
             "per_class_iou": [_json_float(v) for v in self.per_class_iou],
             "per_class_accuracy": [_json_float(v) for v in self.per_class_accuracy],
             "num_pixels": int(self.num_pixels),
+            "confusion": self.confusion.astype(np.int64).tolist(),
         }
 
 
@@ -112,9 +115,10 @@ def segmentation_scores(confusion: np.ndarray) -> SegmentationScores:
     Raises:
       ValueError: if `confusion` is not square.
     """
-    confusion = np.asarray(confusion, dtype=np.float64)
-    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
-        raise ValueError(f"confusion must be a square matrix, got shape {confusion.shape}")
+    counts = np.asarray(confusion)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"confusion must be a square matrix, got shape {counts.shape}")
+    confusion = counts.astype(np.float64)
     true_positive = np.diag(confusion)
     gt_count = confusion.sum(axis=1)
     predicted_count = confusion.sum(axis=0)
@@ -131,6 +135,7 @@ def segmentation_scores(confusion: np.ndarray) -> SegmentationScores:
         per_class_iou=per_class_iou,
         per_class_accuracy=per_class_accuracy,
         num_pixels=int(total),
+        confusion=counts,
     )
 
 
