@@ -173,13 +173,15 @@ def conv(
     padding: int = 0,
     pad_mode: str = "zero",
     input_relu_slope: float | None = None,
+    conditional: bool = False,
     name: str,
     dtype=None,
 ) -> "TorchConv2D":
     """nn.Conv2d(in, filters, kernel_size, strides, padding) with the official weight init; `pad_mode`
     "reflect" stands for the nn.ReflectionPad2d(padding) that precedes the conv in the official Sequential,
-    `input_relu_slope` for the (Leaky)ReLU before that."""
-    return TorchConv2D(
+    `input_relu_slope` for the (Leaky)ReLU before that. `conditional`: a `ConditionalConv2D`, called on
+    [condition, x] (`in_channels` counts both)."""
+    return (ConditionalConv2D if conditional else TorchConv2D)(
         filters,
         kernel_size,
         strides=strides,
@@ -304,10 +306,13 @@ def padded_conv2d(
     padding: int = 0,
     mode: str = "zero",
     input_relu_slope: float | None = None,
+    condition: tf.Tensor | None = None,
 ):
     """PyTorch's conv: optionally a (Leaky)ReLU with `input_relu_slope` (0: ReLU), `padding` rows/columns of
     zeros ("zero") or mirrored pixels ("reflect") on every side, then a "valid" convolution of `x` (NHWC)
-    with the HWIO `kernel`.
+    with the HWIO `kernel`. A `condition` (a conditional D's label map) is convolved as channels in front of
+    `x`'s, as if concatenated, and gets no gradient: G's gradient then runs back through `x`'s few channels
+    only, and the concatenation is never kept.
 
     Three things differ from relu + pad + `tf.nn.conv2d`, not in value but in cost:
     - The gradient keeps only `x`, and activates and pads it again once the upstream gradient exists,
@@ -319,18 +324,27 @@ def padded_conv2d(
       on two cores, a matrix product of the same FLOPs ~270 (measured on a 2-core Xeon: 94 vs 37 ms at
       16x32); below ~512 channels the convolution kernel wins. Its gradient rebuilds the shifted views too
       (9x the block input) rather than keep them.
-    - A reflection pad's gradient folds the frame back without a scratch copy (`_reflect_pad_grad`).
+    - A reflection pad's gradient folds the frame back without a scratch copy (`_fold_reflection`), and a
+      stride-1 conv's input gradient comes out unpadded, with no padded copy to crop.
     """
     matmul = _use_matmul(kernel.shape, strides)
-    if not padding and not matmul and input_relu_slope is None:
+    if condition is not None:
+        if matmul:
+            raise ValueError("a conditioned conv runs as a convolution: give it fewer than MATMUL_CONV_MIN_CHANNELS")
+        condition = tf.stop_gradient(condition)
+    elif not padding and not matmul and input_relu_slope is None:
         return tf.nn.conv2d(x, kernel, strides, "VALID")
     paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
 
     def pad(t):  # ReLU after the pad equals ReLU before it (pads copy pixels or add zeros), and runs in place
+        t = t if condition is None else tf.concat([condition, t], axis=-1)
         return _activate(tf.pad(t, paddings, _PAD_MODES[mode]) if padding else t, input_relu_slope)
 
     stride4 = [1, strides, strides, 1]
-    channels, filters = kernel.shape[-2], kernel.shape[-1]
+    kernel_size, channels, filters = kernel.shape[0], kernel.shape[-2], kernel.shape[-1]
+    # Stride 1 with a centred kernel: the input gradient comes out unpadded ("SAME"), so the padded one
+    # (and its centre, a second copy) never exists; a reflection's frame comes from dy's border strips.
+    same_size = padding and not matmul and strides == 1 and kernel_size == 2 * padding + 1 == kernel.shape[1]
 
     @tf.custom_gradient
     def convolve(x, kernel):
@@ -344,6 +358,7 @@ def padded_conv2d(
 
         def grad(dy):
             padded = _recompute_after(dy, pad, x)
+            x_kernel = kernel if condition is None else kernel[:, :, -x.shape[-1] :, :]  # x's input channels
             if matmul:
                 dy_rows = tf.reshape(dy, [-1, filters])
                 d_kernel = tf.reshape(tf.matmul(_im2col(padded), dy_rows, transpose_a=True), [3, 3, channels, filters])
@@ -354,15 +369,20 @@ def padded_conv2d(
                 d_kernel = tf.raw_ops.Conv2DBackpropFilter(
                     input=padded, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=stride4, padding="VALID"
                 )
-                d_padded = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=stride4, padding="VALID"
-                )
-            if not padding:
+                padded_x_shape = tf.concat([tf.shape(padded)[:3], tf.shape(x)[3:]], 0)
+                d_padded = None if same_size else _conv_input_grad(dy, x_kernel, padded_x_shape, "VALID", strides)
+            if same_size:
+                d_x = _conv_input_grad(dy, x_kernel, tf.shape(x), "SAME")
+                if mode == "reflect":
+                    d_x = _fold_reflection(d_x, _frame_grads(dy, x_kernel, tf.shape(x), padding), padding)
+            elif not padding:
                 d_x = d_padded
             elif mode == "zero":
                 d_x = d_padded[:, padding:-padding, padding:-padding, :]
             else:
-                d_x = _reflect_pad_grad(d_padded, padding)
+                p = padding
+                frame = (d_padded[:, :p], d_padded[:, -p:], d_padded[:, p:-p, :p], d_padded[:, p:-p, -p:])
+                d_x = _fold_reflection(d_padded[:, p:-p, p:-p], frame, p)
             return _activate_grad(d_x, x, input_relu_slope), d_kernel
 
         return y, grad
@@ -378,28 +398,53 @@ def _recompute_after(dy: tf.Tensor, fn, x: tf.Tensor) -> tf.Tensor:
         return fn(tf.identity(x))
 
 
-def _reflect_pad_grad(d_padded: tf.Tensor, padding: int) -> tf.Tensor:
-    """The gradient of a `padding`-wide reflection pad of H and W (NHWC): MirrorPadGrad's values without its
-    scratch copy of the whole padded gradient (33 MiB at the peak of G1's training step at 256x512). The
-    centre is sliced out once, and the frame's values are scatter-added, in place, at the pixels they
-    mirror."""
-    p = padding
-    n, h_padded, w_padded = _sizes(d_padded, range(3))
-    h, w = h_padded - 2 * p, w_padded - 2 * p
+def _conv_input_grad(dy: tf.Tensor, kernel: tf.Tensor, input_sizes, padding: str, strides: int = 1) -> tf.Tensor:
+    return tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=input_sizes, filter=kernel, out_backprop=dy, strides=[1, strides, strides, 1], padding=padding
+    )
+
+
+def _frame_grads(dy: tf.Tensor, kernel: tf.Tensor, x_shape: tf.Tensor, p: int) -> tuple[tf.Tensor, ...]:
+    """The padded input gradient's frame of a stride-1 conv with a (2p+1)² kernel over an input padded by
+    p: its first and last p rows (all W + 2p columns) and first and last p columns (centre rows only).
+
+    Frame row r < p is read only by output rows 0..r, so each border comes from a p-wide strip of dy,
+    a 3p-wide partial gradient of which it is the outer p.
+    """
+    n, h, w, c = x_shape[0], x_shape[1], x_shape[2], x_shape[3]
+    rows = lambda d: _conv_input_grad(d, kernel, tf.stack([n, 3 * p, w + 2 * p, c]), "VALID")  # noqa: E731
+    cols = lambda d: _conv_input_grad(d, kernel, tf.stack([n, h + 2 * p, 3 * p, c]), "VALID")  # noqa: E731
+    return (
+        rows(dy[:, :p])[:, :p],
+        rows(dy[:, -p:])[:, -p:],
+        cols(dy[:, :, :p])[:, p:-p, :p],
+        cols(dy[:, :, -p:])[:, p:-p, -p:],
+    )
+
+
+def _fold_reflection(centre: tf.Tensor, frame: tuple[tf.Tensor, ...], p: int) -> tf.Tensor:
+    """The gradient of a p-wide reflection pad of H and W (NHWC), given the padded gradient as its centre and
+    its frame (top, bottom, left, right, as `_frame_grads` returns them). The frame's values are
+    scatter-added, in place, at the pixels they mirror: MirrorPadGrad's values without its scratch copy of
+    the whole padded gradient."""
+    top, bottom, left, right = frame
+    n, h, w = _sizes(centre, range(3))
 
     def mirrored(index, size):  # padded index -> the unpadded index it copies: -1 -> 1, size -> size - 2
         return (size - 1) - tf.abs((size - 1) - tf.abs(index - p))
 
-    def frame_part(rows, cols):
+    def scattered(values, rows, cols):
         batch, r, c = tf.meshgrid(tf.range(n), rows, cols, indexing="ij")
         indices = tf.stack([batch, mirrored(r, h), mirrored(c, w)], axis=-1)
-        values = tf.gather(tf.gather(d_padded, rows, axis=1), cols, axis=2)
-        return tf.reshape(indices, [-1, 3]), tf.reshape(values, [-1, d_padded.shape[-1]])
+        return tf.reshape(indices, [-1, 3]), tf.reshape(values, [-1, centre.shape[-1]])
 
-    edge_rows = tf.concat([tf.range(p), tf.range(h + p, h_padded)], 0)
-    edge_cols = tf.concat([tf.range(p), tf.range(w + p, w_padded)], 0)
-    parts = [frame_part(edge_rows, tf.range(w_padded)), frame_part(tf.range(p, h + p), edge_cols)]
-    centre = d_padded[:, p : h + p, p : w + p, :]
+    all_cols, centre_rows = tf.range(w + 2 * p), tf.range(p, h + p)
+    parts = [
+        scattered(top, tf.range(p), all_cols),
+        scattered(bottom, tf.range(h + p, h + 2 * p), all_cols),
+        scattered(left, centre_rows, tf.range(p)),
+        scattered(right, centre_rows, tf.range(w + p, w + 2 * p)),
+    ]
     return tf.tensor_scatter_nd_add(centre, tf.concat([i for i, _ in parts], 0), tf.concat([v for _, v in parts], 0))
 
 
@@ -456,7 +501,7 @@ class TorchConv2D(layers.Conv2D):
         self.pad_mode = pad_mode
         self.input_relu_slope = input_relu_slope
 
-    def convolution_op(self, inputs, kernel):
+    def convolution_op(self, inputs, kernel, condition=None):
         return padded_conv2d(
             inputs,
             ops.cast(kernel, inputs.dtype),
@@ -464,6 +509,7 @@ class TorchConv2D(layers.Conv2D):
             padding=self.pad,
             mode=self.pad_mode,
             input_relu_slope=self.input_relu_slope,
+            condition=condition,
         )
 
     def compute_output_shape(self, input_shape):
@@ -478,6 +524,39 @@ class TorchConv2D(layers.Conv2D):
             "pad_mode": self.pad_mode,
             "input_relu_slope": self.input_relu_slope,
         }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConditionalConv2D(TorchConv2D):
+    """A TorchConv2D called on [condition, x]: one conv over their channel concatenation (one kernel, as
+    converted from the official D's first layer), in which the condition gets no gradient (`padded_conv2d`).
+
+    A conditional D's first layer sees [label map | image] three times per step; this way no 39-channel
+    input or input gradient exists per pass at 256x512, only the label map (kept once) and the image's.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.input_spec = None  # two tensors, not Conv2D's one
+
+    @staticmethod
+    def _joint_shape(input_shape):
+        """[condition shape, x shape] -> the concatenation's shape (Conv2D's own build passes that one)."""
+        if not isinstance(input_shape[0], (list, tuple)):
+            return input_shape
+        condition, x = input_shape
+        return (*x[:-1], condition[-1] + x[-1])
+
+    def build(self, input_shape):
+        super().build(self._joint_shape(input_shape))
+        self.input_spec = None
+
+    def convolution_op(self, inputs, kernel):
+        condition, x = inputs
+        return super().convolution_op(x, kernel, condition=ops.cast(condition, x.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._joint_shape(input_shape))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

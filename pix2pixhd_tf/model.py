@@ -256,7 +256,7 @@ class Pix2PixHD(keras.Model):
         return self.generate(data, training=training)
 
     def discriminate(self, input_map: tf.Tensor, image: tf.Tensor, training: bool = False):
-        return self.discriminator(tf.concat([input_map, tf.cast(image, input_map.dtype)], axis=-1), training=training)
+        return self.discriminator([input_map, tf.cast(image, input_map.dtype)], training=training)
 
     # ---------------------------------------------------------------- the objective
     def compute_losses(self, data: dict, training: bool = False):

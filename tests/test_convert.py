@@ -70,7 +70,7 @@ def test_global_G_and_D_round_trip_through_pth_files(tmp_path):
     x = _inputs((1, 20, 28, opts.discriminator_input_nc))
     with torch.no_grad():
         expected = torch_D(ref.to_nchw(x))
-    for ours, theirs in zip(D(x), expected, strict=True):
+    for ours, theirs in zip(D([x[..., :-3], x[..., -3:]]), expected, strict=True):
         np.testing.assert_allclose(np.asarray(ours[-1]), ref.to_nhwc(theirs[-1]), atol=ATOL, rtol=0)
 
 

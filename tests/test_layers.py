@@ -80,8 +80,17 @@ def test_torch_conv2d_and_its_gradients_equal_pytorch(kernel_size, strides, pad,
     np.testing.assert_allclose(d_kernel, weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(d_bias, bias.grad.numpy(), rtol=1e-5, atol=1e-4)
 
-    dynamic = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, channels))])
-    np.testing.assert_allclose(dynamic(x), out, atol=1e-5)
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, channels))])
+    def dynamic(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x)
+            loss = tf.reduce_sum(out * upstream)
+        return out, tape.gradient(loss, x)
+
+    dynamic_out, dynamic_d_x = dynamic(x)
+    np.testing.assert_allclose(dynamic_out, out, atol=1e-5)
+    np.testing.assert_allclose(dynamic_d_x, d_x, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels", [4, MATMUL_CONV_MIN_CHANNELS])
@@ -105,6 +114,27 @@ def test_conv_gradient_keeps_no_padded_copy_of_its_input(channels):
     readers = {c.type for c in forward_pad[0].outputs[0].consumers()}
     assert readers <= {"Conv2D", "StridedSlice"}  # the forward conv or its im2col views, nothing in backward
     assert any(op.type in ("Conv2DBackpropFilter", "MatMul") for op in ops_)
+
+
+@pytest.mark.parametrize("kernel_size, pad_mode", [(7, "reflect"), (3, "reflect"), (3, "zero")])
+def test_stride_1_conv_input_gradient_is_never_padded_size(kernel_size, pad_mode):
+    """G's output conv starts the backward pass at full resolution: its input gradient comes out at the
+    input's size, plus dy-strip partials for a reflection's frame, never as a padded tensor to crop."""
+    layer = conv(3, kernel_size, 4, padding=kernel_size // 2, pad_mode=pad_mode, input_relu_slope=0.0, name="c")
+
+    @tf.function
+    def grads(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x))
+        return tape.gradient(loss, x)
+
+    shape = (1, 40, 48, 4)
+    ops_ = grads.get_concrete_function(tf.TensorSpec(shape)).graph.get_operations()
+    input_grads = [op.outputs[0].shape for op in ops_ if op.type == "Conv2DBackpropInput"]
+    assert input_grads[0] == shape
+    assert all(s.num_elements() < np.prod(shape) / 3 for s in input_grads[1:])  # the frame's strips
+    assert len(input_grads) == (5 if pad_mode == "reflect" else 1)
 
 
 @pytest.mark.parametrize("size, slope", [((4, 4), None), ((5, 6), None), ((5, 6), 0.0)])
@@ -255,16 +285,16 @@ def test_leaky_relu_value_and_gradient_equal_torch(slope, grad_from):
 def test_training_graph_of_the_discriminator_keeps_grappler_fusions(capfd):
     """With TF's own LeakyReluGrad, grappler's remapper fails on a PatchGAN's training graph ("remapper
     failed", every fusion of the graph dropped); the output-based gradient must not trip it."""
-    discriminator = NLayerDiscriminator(3, ndf=8, n_layers_D=3)
+    discriminator = NLayerDiscriminator(5, ndf=8, n_layers_D=3)
 
     @tf.function
-    def step(x):
+    def step(condition, x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.add_n([tf.reduce_sum(t) for t in discriminator(x)])
+            loss = tf.add_n([tf.reduce_sum(t) for t in discriminator([condition, x])])
         return tape.gradient(loss, [x] + discriminator.trainable_variables)
 
-    grads = step(tf.ones((1, 32, 32, 3)))
+    grads = step(tf.ones((1, 32, 32, 2)), tf.ones((1, 32, 32, 3)))
     assert all(g is not None for g in grads)
     assert "remapper failed" not in capfd.readouterr().err
 

@@ -97,7 +97,7 @@ def _patch_size(s: int, n_layers_D: int) -> int:
 @pytest.mark.parametrize("num_D, n_layers_D", [(1, 2), (3, 3)])
 def test_discriminator_returns_every_block_of_every_scale(num_D, n_layers_D):
     d = MultiscaleDiscriminator(7, ndf=8, n_layers_D=n_layers_D, num_D=num_D)
-    outputs = d(tf.random.normal((2, 64, 48, 7)))
+    outputs = d([tf.random.normal((2, 64, 48, 4)), tf.random.normal((2, 64, 48, 3))])
     assert len(outputs) == num_D
     for i, scale in enumerate(outputs):
         assert len(scale) == n_layers_D + 2
@@ -122,7 +122,7 @@ def test_same_networks_run_on_two_sizes():
     g, d, e = networks.build_generator(opts), networks.build_discriminator(opts), networks.build_encoder(opts)
     for h, w in [(16, 32), (48, 24)]:
         assert g(tf.zeros((1, h, w, opts.generator_input_nc))).shape == (1, h, w, 3)
-        scores = d(tf.zeros((1, h, w, opts.discriminator_input_nc)))[0][-1]
+        scores = d([tf.zeros((1, h, w, opts.discriminator_input_nc - 3)), tf.zeros((1, h, w, 3))])[0][-1]
         assert scores.shape == (1, _patch_size(h, 2), _patch_size(w, 2), 1)
         assert e([tf.zeros((1, h, w, 3)), tf.zeros((1, h, w), tf.int32)]).shape == (1, h, w, 3)
 

@@ -72,7 +72,7 @@ def test_discriminator_matches_reference(num_D, n_layers_D, get_interm_feat, siz
     x = _inputs((2, *size, input_nc), seed=1)
     with torch.no_grad():
         expected = torch_net(ref.to_nchw(x))
-    outputs = net(x)
+    outputs = net([x[..., :-3], x[..., -3:]])
     assert len(outputs) == len(expected) == num_D
     worst = 0.0
     for i, (ours, theirs) in enumerate(zip(outputs, expected, strict=True)):
@@ -107,16 +107,19 @@ def test_encoder_matches_reference():
     assert len(np.unique(expected[0, ..., 0])) == 3  # pooled: one value per instance
 
 
-def _assert_gradients_match(net, torch_net, kind: str, inputs: list[np.ndarray], make_net, torch_inputs: list):
-    """Our gradients of sum(output · u) for a random u per output, against torch's: the input gradient and
-    every weight's, the latter moved into a second network by the converter (so layouts need no mapping)."""
+def _assert_gradients_match(
+    net, torch_net, kind: str, inputs: list[np.ndarray], make_net, torch_inputs: list, watched: int = 0
+):
+    """Our gradients of sum(output · u) for a random u per output, against torch's: the gradient of input
+    `watched` (the last channels of torch's first input) and every weight's, the latter moved into a second
+    network by the converter (so layouts need no mapping)."""
     tensors = [tf.constant(x) for x in inputs]
     with tf.GradientTape() as tape:
-        tape.watch(tensors[0])
+        tape.watch(tensors)
         outputs = tf.nest.flatten(net(tensors if len(tensors) > 1 else tensors[0]))
         upstream = [_inputs(o.shape, seed=10 + i) for i, o in enumerate(outputs)]
         loss = tf.add_n([tf.reduce_sum(o * u) for o, u in zip(outputs, upstream, strict=True)])
-    grads = tape.gradient(loss, [tensors[0], *net.trainable_weights])
+    grads = tape.gradient(loss, [tensors[watched], *net.trainable_weights])
 
     torch_inputs[0].requires_grad_(True)
     theirs = tf.nest.flatten(torch_net(*torch_inputs))
@@ -125,7 +128,8 @@ def _assert_gradients_match(net, torch_net, kind: str, inputs: list[np.ndarray],
     grad_net = make_net()
     convert_state_dict({k: p.grad.numpy() for k, p in torch_net.named_parameters()}, grad_net, kind)
 
-    expected = [ref.to_nhwc(torch_inputs[0].grad), *(np.asarray(w) for w in grad_net.trainable_weights)]
+    input_grad = ref.to_nhwc(torch_inputs[0].grad)[..., -inputs[watched].shape[-1] :]
+    expected = [input_grad, *(np.asarray(w) for w in grad_net.trainable_weights)]
     names = ["input", *(w.path for w in net.trainable_weights)]
     assert len(grads) == len(expected) > 2
     largest = max(float(np.max(np.abs(g))) for g in expected)
@@ -166,7 +170,14 @@ def test_discriminator_gradients_match_reference():
     net = make()
     convert_state_dict(ref.state_dict_numpy(torch_net), net, "D")
     x = _inputs((2, 37, 45, input_nc), seed=4)
-    _assert_gradients_match(net, torch_net, "D", [x], make, [ref.to_nchw(x)])
+    condition, image = x[..., :2], x[..., 2:]
+    # Our D takes the label map and the image apart and gives the label map no gradient.
+    _assert_gradients_match(net, torch_net, "D", [condition, image], make, [ref.to_nchw(x)], watched=1)
+    condition = tf.constant(condition)
+    with tf.GradientTape() as tape:
+        tape.watch(condition)
+        loss = tf.add_n([tf.reduce_sum(t) for t in tf.nest.flatten(net([condition, tf.constant(image)]))])
+    assert tape.gradient(loss, condition) is None
 
 
 def test_encoder_gradients_match_reference():

@@ -34,7 +34,9 @@ def build_generator(opts: Options) -> GlobalGenerator | LocalEnhancer:
 
 
 def build_discriminator(opts: Options) -> MultiscaleDiscriminator:
-    return MultiscaleDiscriminator(opts.discriminator_input_nc, opts.ndf, opts.n_layers_D, opts.num_D, name="D")
+    return MultiscaleDiscriminator(
+        opts.discriminator_input_nc, opts.ndf, opts.n_layers_D, opts.num_D, image_nc=opts.output_nc, name="D"
+    )
 
 
 def build_encoder(opts: Options) -> Encoder | None:

@@ -14,10 +14,20 @@ _SLOPE = 0.2
 def _conv_block(
     x, filters: int, in_channels: int, strides: int, name: str, norm: bool, input_relu: bool = False, dtype=None
 ):
-    """conv [+ IN]. `input_relu`: `x` is the previous block's IN output, whose LeakyReLU this conv applies."""
+    """conv [+ IN]. `input_relu`: `x` is the previous block's IN output, whose LeakyReLU this conv applies.
+    `x` may be [condition, image] (the first block)."""
     slope = _SLOPE if input_relu else None
+    conditional = isinstance(x, (list, tuple))
     layer = conv(
-        filters, _KW, in_channels, strides=strides, padding=_PADW, input_relu_slope=slope, name=name, dtype=dtype
+        filters,
+        _KW,
+        in_channels,
+        strides=strides,
+        padding=_PADW,
+        input_relu_slope=slope,
+        conditional=conditional,
+        name=name,
+        dtype=dtype,
     )
     x = layer(x)
     return instance_norm(f"{name}_norm")(x) if norm else x
@@ -25,17 +35,21 @@ def _conv_block(
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NLayerDiscriminator(FunctionalNetwork):
-    """70×70-style PatchGAN returning the output of every block (n_layers_D + 2 tensors).
+    """70×70-style conditional PatchGAN returning the output of every block (n_layers_D + 2 tensors).
+
+    Called on [condition, image]: the label map (input_nc - image_nc channels) and the real or generated
+    image. Its first conv sees their concatenation, as the official D's does, but the label map gets no
+    gradient (`layers.ConditionalConv2D`).
 
     The last tensor is the real/fake map (raw scores: the BCE loss applies the sigmoid itself, in a
     numerically stable form); the others are the features that feature matching compares. The final conv
     runs in float32 so mixed precision never rounds the scores.
     """
 
-    CONFIG = ("input_nc", "ndf", "n_layers_D")
+    CONFIG = ("input_nc", "ndf", "n_layers_D", "image_nc")
 
-    def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, **kwargs):
-        inputs = keras.Input((None, None, input_nc), name="input")
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, image_nc: int = 3, **kwargs):
+        inputs = _condition_and_image_inputs(input_nc, image_nc)
         x = _conv_block(inputs, ndf, input_nc, 2, "layer0", norm=False)
         # No IN here: the gradient keeps the activation, so grappler can fuse conv + bias + LeakyReLU.
         x = LeakyReLU(_SLOPE, grad_from="output", name="layer0_lrelu")(x)
@@ -56,6 +70,16 @@ class NLayerDiscriminator(FunctionalNetwork):
         self.input_nc = input_nc
         self.ndf = ndf
         self.n_layers_D = n_layers_D
+        self.image_nc = image_nc
+
+
+def _condition_and_image_inputs(input_nc: int, image_nc: int) -> list:
+    if not 0 < image_nc < input_nc:
+        raise ValueError(f"a conditional D sees label channels and {image_nc} image channels: input_nc={input_nc}")
+    return [
+        keras.Input((None, None, input_nc - image_nc), name="condition"),
+        keras.Input((None, None, image_nc), name="image"),
+    ]
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -66,22 +90,24 @@ class MultiscaleDiscriminator(FunctionalNetwork):
     coarsest (the official forward pairs result i with scale num_D-1-i).
     """
 
-    CONFIG = ("input_nc", "ndf", "n_layers_D", "num_D")
+    CONFIG = ("input_nc", "ndf", "n_layers_D", "num_D", "image_nc")
 
-    def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, num_D: int = 2, **kwargs):
-        inputs = keras.Input((None, None, input_nc), name="input")
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, num_D: int = 2, image_nc: int = 3, **kwargs):
+        inputs = _condition_and_image_inputs(input_nc, image_nc)
         x = inputs
         results = []
         for i in range(num_D):
-            net = NLayerDiscriminator(input_nc, ndf, n_layers_D, name=f"scale{num_D - 1 - i}")
+            net = NLayerDiscriminator(input_nc, ndf, n_layers_D, image_nc, name=f"scale{num_D - 1 - i}")
             results.append(list(net(x)))
             if i != num_D - 1:
-                x = AvgPoolExcludePad(name=f"downsample_{i + 1}")(x)
+                pool = AvgPoolExcludePad(name=f"downsample_{i + 1}")
+                x = [pool(t) for t in x]
         super().__init__(inputs, results, **kwargs)
         self.input_nc = input_nc
         self.ndf = ndf
         self.n_layers_D = n_layers_D
         self.num_D = num_D
+        self.image_nc = image_nc
 
     def call(self, inputs, training=None, mask=None):
         outputs = super().call(inputs, training=training, mask=mask)
