@@ -330,7 +330,9 @@ def padded_conv2d(
     matmul = _use_matmul(kernel.shape, strides)
     if condition is not None:
         if matmul:
-            raise ValueError("a conditioned conv runs as a convolution: give it fewer than MATMUL_CONV_MIN_CHANNELS")
+            raise ValueError(
+                "a conv with a condition cannot take the im2col matmul path (3x3, stride 1, >= 512 inputs)"
+            )
         condition = tf.stop_gradient(condition)
     elif not padding and not matmul and input_relu_slope is None:
         return tf.nn.conv2d(x, kernel, strides, "VALID")
@@ -369,8 +371,9 @@ def padded_conv2d(
                 d_kernel = tf.raw_ops.Conv2DBackpropFilter(
                     input=padded, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=stride4, padding="VALID"
                 )
-                padded_x_shape = tf.concat([tf.shape(padded)[:3], tf.shape(x)[3:]], 0)
-                d_padded = None if same_size else _conv_input_grad(dy, x_kernel, padded_x_shape, "VALID", strides)
+                if not same_size:
+                    padded_x_shape = tf.concat([tf.shape(padded)[:3], tf.shape(x)[3:]], 0)
+                    d_padded = _conv_input_grad(dy, x_kernel, padded_x_shape, "VALID", strides)
             if same_size:
                 d_x = _conv_input_grad(dy, x_kernel, tf.shape(x), "SAME")
                 if mode == "reflect":
@@ -531,8 +534,9 @@ class ConditionalConv2D(TorchConv2D):
     """A TorchConv2D called on [condition, x]: one conv over their channel concatenation (one kernel, as
     converted from the official D's first layer), in which the condition gets no gradient (`padded_conv2d`).
 
-    A conditional D's first layer sees [label map | image] three times per step; this way no 39-channel
-    input or input gradient exists per pass at 256x512, only the label map (kept once) and the image's.
+    A conditional D's first layer sees [label map | image] three times per step; this way no pass keeps a
+    39-channel copy (the label map is kept once, the image per pass) or computes a 39-channel input
+    gradient: the concatenation exists only for the moment of the forward conv and of the kernel gradient.
     """
 
     def __init__(self, *args, **kwargs):
@@ -542,9 +546,9 @@ class ConditionalConv2D(TorchConv2D):
     @staticmethod
     def _joint_shape(input_shape):
         """[condition shape, x shape] -> the concatenation's shape (Conv2D's own build passes that one)."""
-        if not isinstance(input_shape[0], (list, tuple)):
+        if input_shape[0] is None or isinstance(input_shape[0], int):
             return input_shape
-        condition, x = input_shape
+        condition, x = (tuple(s) for s in input_shape)
         return (*x[:-1], condition[-1] + x[-1])
 
     def build(self, input_shape):

@@ -357,6 +357,36 @@ def test_config_round_trip_gives_the_same_layer(make_layer, shapes):
     np.testing.assert_allclose(clone(*inputs), expected, atol=1e-6)
 
 
+def test_conditional_conv_is_one_conv_over_the_concatenation_without_a_condition_gradient():
+    condition = tf.constant(rng.standard_normal((2, 9, 8, 4)).astype(np.float32))
+    image = tf.constant(rng.standard_normal((2, 9, 8, 3)).astype(np.float32))
+    layer = conv(5, 4, 7, strides=2, padding=2, conditional=True, name="c")
+    plain = conv(5, 4, 7, strides=2, padding=2, name="c")
+    layer.build([condition.shape, image.shape])
+    plain.build((2, 9, 8, 7))
+    plain.set_weights(layer.get_weights())
+    upstream = rng.standard_normal(layer.compute_output_shape([condition.shape, image.shape])).astype(np.float32)
+    joint = tf.concat([condition, image], -1)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([condition, image, joint])
+        out = layer([condition, image])
+        expected = plain(joint)
+        loss, plain_loss = tf.reduce_sum(out * upstream), tf.reduce_sum(expected * upstream)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert tape.gradient(loss, condition) is None
+    np.testing.assert_allclose(tape.gradient(loss, image), tape.gradient(plain_loss, joint)[..., 4:], atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, layer.kernel), tape.gradient(plain_loss, plain.kernel), atol=1e-5)
+
+    clone = config_round_trip(layer)  # built from its build config
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone([condition, image]), out)
+
+    if not tf.config.list_logical_devices("GPU"):  # CPUs run wide 3x3 convs as matmuls, which take no condition
+        wide = conv(4, 3, MATMUL_CONV_MIN_CHANNELS, padding=1, conditional=True, name="wide")
+        with pytest.raises(ValueError, match="matmul path"):
+            wide([tf.zeros((1, 4, 4, MATMUL_CONV_MIN_CHANNELS - 3)), tf.zeros((1, 4, 4, 3))])
+
+
 def test_global_generator_survives_keras_save_and_load(tmp_path):
     net = GlobalGenerator(input_nc=4, output_nc=3, ngf=4, n_downsample_global=2, n_blocks_global=1)
     path = str(tmp_path / "g.keras")

@@ -84,7 +84,8 @@ def _condition_and_image_inputs(input_nc: int, image_nc: int) -> list:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultiscaleDiscriminator(FunctionalNetwork):
-    """num_D identical discriminators; output i comes from the one that sees the input downsampled i times.
+    """num_D identical discriminators, called on [label map, image]; output i comes from the one that sees
+    both downsampled i times.
 
     Sub-discriminators keep the official names: `scale{num_D-1}` judges full resolution, `scale0` the
     coarsest (the official forward pairs result i with scale num_D-1-i).
