@@ -115,7 +115,7 @@ def _assert_gradients_match(
     network by the converter (so layouts need no mapping)."""
     tensors = [tf.constant(x) for x in inputs]
     with tf.GradientTape() as tape:
-        tape.watch(tensors)
+        tape.watch(tensors[watched])
         outputs = tf.nest.flatten(net(tensors if len(tensors) > 1 else tensors[0]))
         upstream = [_inputs(o.shape, seed=10 + i) for i, o in enumerate(outputs)]
         loss = tf.add_n([tf.reduce_sum(o * u) for o, u in zip(outputs, upstream, strict=True)])
