@@ -386,11 +386,30 @@ def padded_conv2d(
                 p = padding
                 frame = (d_padded[:, :p], d_padded[:, -p:], d_padded[:, p:-p, :p], d_padded[:, p:-p, -p:])
                 d_x = _fold_reflection(d_padded[:, p:-p, p:-p], frame, p)
-            return _activate_grad(d_x, x, input_relu_slope), d_kernel
+            return _activate_grad(d_x, x, input_relu_slope), _after_input_grad(d_kernel, d_x)
 
         return y, grad
 
     return convolve(x, kernel)
+
+
+# Kernels at least this large are updated only after their layer's input gradient (`_after_input_grad`).
+IN_PLACE_UPDATE_MIN_BYTES = 2**20
+
+
+def _after_input_grad(d_kernel: tf.Tensor, d_x: tf.Tensor) -> tf.Tensor:
+    """`d_kernel`, released to the optimizer only once `d_x`, the last reader of the kernel, exists.
+
+    A training step reads each kernel once; the input gradient reads it again. If the optimizer's update
+    (ResourceApplyAdam) ran before that, it would find the variable's buffer still shared and copy it
+    (copy-on-write): without this, ~400 MiB of G1's 1024-channel kernels moved to a new heap chunk every step
+    at 256x512, and the allocator's touched memory (the process RSS) grew with them (benchmarks/README.md).
+    Small kernels are left alone: the dependency would force a first layer's unneeded input gradient.
+    """
+    if d_kernel.shape.num_elements() * d_kernel.dtype.size < IN_PLACE_UPDATE_MIN_BYTES:
+        return d_kernel
+    with tf.control_dependencies([d_x]):
+        return tf.identity(d_kernel)
 
 
 def _recompute_after(dy: tf.Tensor, fn, x: tf.Tensor) -> tf.Tensor:
@@ -472,7 +491,7 @@ def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float 
                 input=d_full, filter_sizes=tf.shape(kernel), out_backprop=activated, strides=stride4, padding="VALID"
             )
             d_x = tf.nn.conv2d(d_full, kernel, 2, "VALID")
-            return _activate_grad(d_x, x, input_relu_slope), d_kernel
+            return _activate_grad(d_x, x, input_relu_slope), _after_input_grad(d_kernel, d_x)
 
         return full[:, 1:, 1:, :], grad
 

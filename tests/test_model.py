@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2pixhd_tf import losses
+from pix2pixhd_tf import layers, losses
 from pix2pixhd_tf.model import D_LOSSES, G_LOSSES, ImagePool, Pix2PixHD
 from tests.helpers import (
     build_model,
@@ -144,6 +144,30 @@ def test_other_settings_train_a_step(overrides):
     logs = model.train_step(random_batch(opts))
     assert all(np.isfinite(float(v)) for v in logs.values()), logs
     assert min(max_abs_diff(before, network_weights(model)).values()) > 1e-4
+
+
+def test_train_step_updates_large_kernels_in_place():
+    """Adam's update copies a kernel whose buffer a read still shares (copy-on-write): each large kernel's
+    gradient waits for its layer's input gradient, so no kernel moves (before, most did, every step)."""
+    # ngf 32 with 4 downsamples: 512-channel blocks (the im2col path), transposed convs, D's 128+ channels.
+    opts = tiny_options(ngf=32, n_downsample_global=4, n_blocks_global=2, instance_feat=True, ndf=64, n_layers_D=3)
+    model = build_model(opts)
+    large = [
+        v
+        for v in model.all_generator_variables + model.discriminator.trainable_variables
+        if v.shape.num_elements() * 4 >= layers.IN_PLACE_UPDATE_MIN_BYTES
+    ]
+    assert len(large) >= 8
+
+    def addresses():  # a read of a variable aliases its buffer; dlpack shows where the buffer lives
+        return [np.from_dlpack(tf.convert_to_tensor(v.value)).ctypes.data for v in large]
+
+    step, batch = tf.function(model.train_step), random_batch(opts, n=1, h=64, w=64)
+    before, values = addresses(), [np.array(v) for v in large]
+    for _ in range(3):
+        step(batch)
+    assert addresses() == before
+    assert all(np.abs(np.array(v) - value).max() > 1e-4 for v, value in zip(large, values))  # and updated
 
 
 # ------------------------------------------------------------------------------- coarse-to-fine training
