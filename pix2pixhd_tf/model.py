@@ -306,7 +306,7 @@ class Pix2PixHD(keras.Model):
     def train_step(self, data):
         """G and D update from one forward, as the official trainer: G first, then D on the detached fake."""
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            g_losses, d_losses, _ = self.compute_losses(data, training=True)
+            g_losses, d_losses, fake = self.compute_losses(data, training=True)
             # Average over the global batch: replicas' gradients are summed by the optimizer.
             g_loss = tf.nn.compute_average_loss(tf.add_n(list(g_losses.values())))
             d_loss = tf.nn.compute_average_loss(0.5 * (d_losses["D_real"] + d_losses["D_fake"]))
@@ -314,8 +314,13 @@ class Pix2PixHD(keras.Model):
             d_loss_scaled = self.d_optimizer.scale_loss(d_loss)
         g_vars = self.generator_variables
         d_vars = self.discriminator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(g_tape.gradient(g_loss_scaled, g_vars), g_vars))
-        self.d_optimizer.apply_gradients(zip(d_tape.gradient(d_loss_scaled, d_vars), d_vars))
+        *g_grads, d_fake = g_tape.gradient(g_loss_scaled, g_vars + [fake])
+        d_grads = d_tape.gradient(d_loss_scaled, d_vars)
+        self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
+        # G's backward pass through D is the last to read D's kernels: D's update waits for it (d_fake), so
+        # it finds them unshared and updates them in place (see layers._after_input_grad).
+        with tf.control_dependencies([d_fake]):
+            self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
         return self._update_trackers({**g_losses, **d_losses})
 
     def test_step(self, data):

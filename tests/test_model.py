@@ -147,8 +147,9 @@ def test_other_settings_train_a_step(overrides):
 
 
 def test_train_step_updates_large_kernels_in_place():
-    """Adam's update copies a kernel whose buffer a read still shares (copy-on-write): each large kernel's
-    gradient waits for its layer's input gradient, so no kernel moves (before, most did, every step)."""
+    """Adam's update copies a kernel whose buffer a read still shares (copy-on-write). Each large kernel's
+    gradient waits for its layer's input gradient, and D's update for G's backward pass through D, so no
+    kernel moves (before, most did, every step)."""
     # ngf 32 with 4 downsamples: 512-channel blocks (the im2col path), transposed convs, D's 128+ channels.
     opts = tiny_options(ngf=32, n_downsample_global=4, n_blocks_global=2, instance_feat=True, ndf=64, n_layers_D=3)
     model = build_model(opts)
