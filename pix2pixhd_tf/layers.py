@@ -400,8 +400,8 @@ IN_PLACE_UPDATE_MIN_BYTES = 2**20
 def _after_input_grad(d_kernel: tf.Tensor, d_x: tf.Tensor) -> tf.Tensor:
     """`d_kernel`, released to the optimizer only once `d_x`, the last reader of the kernel, exists.
 
-    A training step reads each kernel once; the input gradient reads it again. If the optimizer's update
-    (ResourceApplyAdam) ran before that, it would find the variable's buffer still shared and copy it
+    The forward pass reads the kernel and the input gradient reads it again. If the optimizer's update
+    (ResourceApplyAdam) ran before the second read, it would find the variable's buffer still shared and copy it
     (copy-on-write): without this, ~400 MiB of G1's 1024-channel kernels moved to a new heap chunk every step
     at 256x512, and the allocator's touched memory (the process RSS) grew with them (benchmarks/README.md).
     Small kernels are left alone: the dependency would force a first layer's unneeded input gradient.
