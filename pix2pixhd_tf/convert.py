@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 import keras
 import numpy as np
 
-from pix2pixhd_tf.layers import InstanceNormalization, ResnetBlock, TorchConvTranspose2D
+from pix2pixhd_tf.networks.layers import InstanceNormalization, ResnetBlock, TorchConvTranspose2D
 from pix2pixhd_tf.networks import (
     Encoder,
     GlobalGenerator,
@@ -517,8 +517,8 @@ def save_converted(
     Returns:
         The experiment directory.
     """
-    from pix2pixhd_tf import checkpoint as ckpt
-    from pix2pixhd_tf.model import make_optimizers
+    from pix2pixhd_tf.training import checkpoint as ckpt
+    from pix2pixhd_tf.training.model import make_optimizers
     from pix2pixhd_tf.styles import ClusterBank, default_cluster_file
 
     base = ckpt.experiment_dir(opts)

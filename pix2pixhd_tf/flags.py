@@ -29,3 +29,13 @@ def options_from_flags(flag_values: flags.FlagValues = flags.FLAGS, **overrides)
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(Options)}
     values.update(overrides)
     return Options(**values)
+
+
+def options_from_flagfile(path: str, **overrides) -> Options:
+    """The `Options` an absl flagfile (e.g. configs/local.cfg) gives, with `overrides` applied; for code that
+    is not itself an absl program (tests, benchmarks, notebooks). Nested --flagfile lines are read by absl,
+    relative to the working directory, as on the command line."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["options_from_flagfile", f"--flagfile={path}"])
+    return options_from_flags(flag_values, **overrides)

@@ -4,8 +4,7 @@
     features = synth.sample_features(label, instance, seed=0, style=StyleSpec.load("red_car.json"))
     image = synth.generate(label, instance, features)      # uint8 [H, W, 3]
 
-`tools/test.py` (`run_test`), the editor and the exporter use this; `style_report` is the issue's
-demonstration that k-means of the encoder's features recovers the synthetic dataset's car paints.
+`tools/test.py` (`run_test`), the editor and the evaluation use this.
 
 Inputs are numpy arrays or tensors, one sample ([H, W] ids, [H, W, C] images) or a batch ([N, H, W],
 [N, H, W, C]); outputs follow the input (a batch in, a batch out). Label maps hold class ids (or, with
@@ -16,7 +15,6 @@ Inputs are numpy arrays or tensors, one sample ([H, W] ids, [H, W, C] images) or
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -25,124 +23,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pix2pixhd_tf import checkpoint as ckpt
-from pix2pixhd_tf import networks, visualize
+from pix2pixhd_tf import visualize
+from pix2pixhd_tf.experiment import Experiment, load_experiment
 from pix2pixhd_tf.inputs import check_image_size, encode_input
 from pix2pixhd_tf.options import Options
-from pix2pixhd_tf.styles import (
-    ClusterBank,
-    SeedLike,
-    StyleSpec,
-    apply_style,
-    classes_of,
-    collect_instance_features,
-    default_cluster_file,
-    mode_recovery,
-    sample_feature_map,
-)
+from pix2pixhd_tf.styles import ClusterBank, SeedLike, StyleSpec, apply_style, classes_of, sample_feature_map
 
 __all__ = [
     "Synthesizer",
     "TestResult",
-    "check_experiment_options",
-    "load_encoder",
-    "resolve_cluster_file",
     "run_test",
-    "style_report",
 ]
 
 _LOG = logging.getLogger(__name__)
-
-# Settings that change the networks' shapes: they must match the ones the checkpoint was trained with.
-_ARCH_FIELDS = (
-    "label_nc",
-    "input_nc",
-    "output_nc",
-    "netG",
-    "ngf",
-    "n_downsample_global",
-    "n_blocks_global",
-    "no_instance",
-    "instance_feat",
-    "label_feat",
-    "load_features",
-)
-_LOCAL_FIELDS = ("n_local_enhancers", "n_blocks_local")
-_FEATURE_FIELDS = ("feat_num",)
-_ENCODER_FIELDS = ("nef", "n_downsample_E")
-
-
-# ------------------------------------------------------------------------------------------ loading
-
-
-def check_experiment_options(opts: Options) -> None:
-    """Compare the architecture flags with the experiment's saved `options.json` (if there is one).
-
-    Raises:
-        ValueError: listing every flag that differs, e.g. "--ngf: trained with 32, given 64".
-    """
-    path = os.path.join(ckpt.experiment_dir(opts), "options.json")
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    fields = list(_ARCH_FIELDS)
-    if opts.netG == "local":
-        fields += _LOCAL_FIELDS
-    if opts.use_features:
-        fields += _FEATURE_FIELDS
-    if opts.use_encoder:
-        fields += _ENCODER_FIELDS
-    diffs = [
-        f"--{name}: trained with {saved[name]!r}, given {getattr(opts, name)!r}"
-        for name in fields
-        if name in saved and saved[name] != getattr(opts, name)
-    ]
-    if diffs:
-        raise ValueError(
-            f"the flags differ from those {ckpt.experiment_dir(opts)} was trained with ({path}):\n  "
-            + "\n  ".join(diffs)
-            + "\nPass the training flags (e.g. the same --flagfile)."
-        )
-
-
-def _restore(opts: Options, which_epoch: str | None, **parts: keras.Model) -> str:
-    """Restore exactly `parts` (e.g. generator=G) from the experiment's checkpoint; other parts are skipped."""
-    directory = ckpt.checkpoint_dir(ckpt.experiment_dir(opts), which_epoch or opts.which_epoch)
-    return ckpt.restore(tf.train.Checkpoint(**parts), directory)
-
-
-def load_encoder(opts: Options, *, which_epoch: str | None = None) -> keras.Model:
-    """The trained encoder E of the experiment.
-
-    Raises:
-        ValueError: the options build no encoder (no --instance_feat/--label_feat, or --load_features).
-        FileNotFoundError: no checkpoint.
-    """
-    encoder = networks.build_encoder(opts)
-    if encoder is None:
-        raise ValueError(
-            "these options build no encoder: it exists for --instance_feat or --label_feat models trained without "
-            "--load_features"
-        )
-    check_experiment_options(opts)
-    _restore(opts, which_epoch, encoder=encoder)
-    return encoder
-
-
-def resolve_cluster_file(opts: Options, cluster_file: str | None = None) -> tuple[str, bool]:
-    """(path, explicit): `cluster_file` if given, else `{checkpoints_dir}/{name}/clusters.npz`.
-
-    A relative `cluster_file` that does not exist as given is looked up in the experiment directory, as the
-    official code does with --cluster_path.
-    """
-    if not cluster_file:
-        return default_cluster_file(opts), False
-    if not os.path.isabs(cluster_file) and not os.path.exists(cluster_file):
-        beside = os.path.join(ckpt.experiment_dir(opts), cluster_file)
-        if os.path.exists(beside):
-            return beside, True
-    return cluster_file, True
 
 
 # ------------------------------------------------------------------------------------------ the wrapper
@@ -197,24 +90,12 @@ class Synthesizer:
             FileNotFoundError: no checkpoint, or an explicitly named cluster file is missing.
             ValueError: flags differ from the trained ones; the bank does not fit the model.
         """
-        check_experiment_options(opts)
-        generator = networks.build_generator(opts)
-        encoder = networks.build_encoder(opts)
-        parts = {"generator": generator}
-        if encoder is not None:
-            parts["encoder"] = encoder
-        _restore(opts, which_epoch, **parts)
-        bank, path = None, None
-        if opts.use_features:
-            path, explicit = resolve_cluster_file(opts, cluster_file)
-            if os.path.isfile(path):
-                bank = ClusterBank.load(path, label_nc=opts.label_nc, feat_num=opts.feat_num)
-            elif explicit:
-                raise FileNotFoundError(
-                    f"no cluster file {path} (nor in {ckpt.experiment_dir(opts)}): create one with "
-                    f"tools/encode_features.py, or fix --cluster_path"
-                )
-        return cls(opts, generator, encoder, bank, path)
+        experiment = load_experiment(opts, which_epoch=which_epoch, cluster_file=cluster_file)
+        return cls.from_experiment(experiment)
+
+    @classmethod
+    def from_experiment(cls, experiment: Experiment) -> Synthesizer:
+        return cls(experiment.opts, experiment.generator, experiment.encoder, experiment.clusters, experiment.cluster_file)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -555,134 +436,3 @@ def run_test(
             )
     return TestResult(web_dir, index, rows, unmatched)
 
-
-# ------------------------------------------------------------------------------------------ the style report
-
-
-def _scene_modes(meta: dict[str, Any], phase: str) -> dict[str, dict[int, int]]:
-    scenes = meta.get("scenes", {}).get(phase)
-    if scenes is None:
-        raise ValueError(f"meta.json has no scenes for phase {phase!r}: is it the synthetic dataset's meta.json?")
-    return {s["name"]: {int(i["id"]): int(i["mode"]) for i in s["instances"]} for s in scenes}
-
-
-def _nearest_mode(colour: np.ndarray, mode_rgbs: np.ndarray) -> int:
-    return int(((mode_rgbs - colour[None]) ** 2).sum(-1).argmin())
-
-
-def style_report(
-    opts: Options,
-    meta: dict[str, Any] | str,
-    *,
-    class_id: int = 8,
-    which_epoch: str | None = None,
-    cluster_file: str | None = None,
-    output_dir: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Do the clusters of a trained feature model recover the synthetic dataset's appearance modes?
-
-    1. E encodes the training scenes; every kept instance of `class_id` (default 8, car) is assigned to the
-       nearest centre of the cluster bank and compared with its ground-truth mode from meta.json
-       (`styles.mode_recovery`: purity, NMI, modes found vs present).
-    2. On the test scene with the most `class_id` pixels, G renders one variant per cluster (all instances
-       of the class get that centre; everything else one fixed sample): `variants.png`, a strip of
-       label | real | cluster 0 | cluster 1 | ...; the median colour of the class's pixels in each variant
-       is matched to the nearest mode colour ("rendered modes": does G actually paint what E encodes?).
-
-    Writes `report.json` and `variants.png` to `output_dir` (default `{results_dir}/{name}/style_report`).
-
-    Args:
-        opts: the trained feature experiment's flags (e.g. configs/local.cfg).
-        meta: the dataset's meta.json (path or loaded dict).
-        class_id: the class to study.
-
-    Returns:
-        The report (also in report.json).
-    """
-    from pix2pixhd_tf.data.dataset import build_dataset
-
-    if isinstance(meta, str):
-        with open(meta) as f:
-            meta = json.load(f)
-    class_names = meta.get("class_names", [])
-    class_name = class_names[class_id] if class_id < len(class_names) else str(class_id)
-    mode_list = meta.get("modes", {}).get(class_name, [])
-    mode_names = [m["name"] for m in mode_list]
-    mode_rgbs = np.array([m["rgb"] for m in mode_list], np.float32).reshape(-1, 3)
-
-    synth = Synthesizer.from_checkpoint(opts, which_epoch=which_epoch, cluster_file=cluster_file)
-    if synth.clusters is None:
-        raise FileNotFoundError(f"no cluster bank at {synth.cluster_file}: run tools/encode_features.py first")
-    if synth.clusters.counts[class_id] == 0:
-        raise ValueError(f"class {class_id} ({class_name}) has no clusters in {synth.cluster_file}")
-
-    # 1. Clusters vs ground-truth modes on the training scenes.
-    features = collect_instance_features(opts, synth.encoder, phase="train", progress=progress)
-    truth = _scene_modes(meta, "train")
-    rows = np.flatnonzero(features.kept & (features.classes == class_id))
-    modes = []
-    for r in rows:
-        scene = os.path.basename(features.paths[features.image_index[r]])
-        instance_id = int(features.region_ids[r])
-        if scene not in truth or instance_id not in truth[scene]:
-            raise ValueError(
-                f"meta.json does not describe instance {instance_id} of {scene}: is --dataroot the synthetic "
-                "dataset this meta.json belongs to?"
-            )
-        modes.append(truth[scene][instance_id])
-    assignments = synth.clusters.assign(class_id, features.features[rows]) if len(rows) else np.zeros(0, int)
-    recovery = mode_recovery(assignments, np.asarray(modes, int), mode_names)
-
-    # 2. The variant strip on the test scene with most pixels of the class.
-    test_opts = opts.replace(batchSize=1, serial_batches=True, no_flip=True, load_features=False)
-    best, best_pixels = None, 0
-    for batch in build_dataset(test_opts, phase="test", training=False, with_paths=True):
-        regions = synth.regions(batch["label"].numpy(), batch["instance"].numpy() if "instance" in batch else None)
-        pixels = int((classes_of(regions) == class_id).sum())
-        if pixels > best_pixels:
-            best, best_pixels = batch, pixels
-    if best is None:
-        raise ValueError(f"no test scene contains class {class_id} ({class_name})")
-    label = best["label"].numpy()
-    instance = best["instance"].numpy() if "instance" in best else None
-    variants, mask = synth.class_variants(label, instance, class_id, seed=seed)
-    rendered = []
-    for k, image in enumerate(variants):
-        colour = np.median(image[mask].reshape(-1, image.shape[-1])[:, :3].astype(np.float32), axis=0)
-        mode = _nearest_mode(colour, mode_rgbs) if len(mode_rgbs) else -1
-        rendered.append(
-            {
-                "cluster": k,
-                "median_rgb": colour.round().astype(int).tolist(),
-                "nearest_mode": mode,
-                "nearest_mode_name": mode_names[mode] if mode >= 0 else "",
-            }
-        )
-    cells = [_label_visual(label[0], opts)]
-    if "image" in best:
-        cells.append(visualize.tensor_to_uint8(best["image"][0]))
-    strip = visualize.image_grid([cells + variants])
-
-    output_dir = output_dir or os.path.join(opts.results_dir, opts.name, "style_report")
-    strip_path = os.path.join(output_dir, "variants.png")
-    visualize.save_image(strip_path, strip)
-    report = {
-        "class_id": class_id,
-        "class_name": class_name,
-        "clusters": int(synth.clusters.counts[class_id]),
-        "cluster_file": synth.cluster_file,
-        "recovery": recovery.to_dict(),
-        "modes_present": len(recovery.modes_present),
-        "modes_found": len(recovery.modes_found),
-        "purity": recovery.purity,
-        "strip_scene": os.path.basename(best["path"][0].numpy().decode()),
-        "rendered": rendered,
-        "modes_rendered": len({r["nearest_mode"] for r in rendered}),
-        "variants_png": strip_path,
-        "summary": recovery.summary(),
-    }
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    return report

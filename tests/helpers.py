@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pix2pixhd_tf.model import Pix2PixHD
+from pix2pixhd_tf.training.model import Pix2PixHD
 from pix2pixhd_tf.options import Options
 
 TINY = dict(
@@ -81,7 +81,7 @@ def sgd_pair(lr: float = 0.1) -> tuple[keras.optimizers.Optimizer, keras.optimiz
 
 def build_model(opts: Options, optimizers=None, vgg: keras.Model | None = None) -> Pix2PixHD:
     """A compiled Pix2PixHD (Adam from the options unless `optimizers` is given); call inside a scope."""
-    from pix2pixhd_tf.model import make_optimizers
+    from pix2pixhd_tf.training.model import make_optimizers
 
     model = Pix2PixHD.from_options(opts, vgg=vgg)
     model.compile(*(optimizers or make_optimizers(opts)))

@@ -11,7 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pix2pixhd_tf import checkpoint as ckpt  # noqa: E402
+from pix2pixhd_tf.experiment import load_networks  # noqa: E402
+from pix2pixhd_tf.training import checkpoint as ckpt  # noqa: E402
 from pix2pixhd_tf import networks  # noqa: E402
 from pix2pixhd_tf.convert import (  # noqa: E402
     CheckpointMismatchError,
@@ -23,8 +24,8 @@ from pix2pixhd_tf.convert import (  # noqa: E402
 )
 from pix2pixhd_tf.options import Options  # noqa: E402
 from pix2pixhd_tf.styles import ClusterBank, default_cluster_file  # noqa: E402
-from pix2pixhd_tf.train import Trainer  # noqa: E402
-from tests import torch_reference as ref  # noqa: E402
+from pix2pixhd_tf.training.trainer import Trainer  # noqa: E402
+from pix2pixhd_tf.testing import torch_reference as ref  # noqa: E402
 
 ATOL = 1e-4
 # Tiny official-style models: label_nc 5 + instance edge -> G input 6 (+ feat_num 3), D input 6 + 3.
@@ -226,7 +227,7 @@ def test_cli_writes_a_checkpoint_that_test_and_train_accept(tmp_path):
         cli.FLAGS.unparse_flags()
 
     # Inference reads G back and reproduces PyTorch.
-    G, _, _ = ckpt.load_networks(opts)
+    G, _, _ = load_networks(opts)
     x = np.random.default_rng(0).uniform(0, 1, (1, 16, 24, opts.generator_input_nc)).astype("float32")
     with torch.no_grad():
         expected = torch_G(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
@@ -251,7 +252,7 @@ def test_converted_local_checkpoint_exports_and_serves_the_pytorch_image(tmp_pat
     """Official .pth -> our checkpoint -> SavedModel: serving_default gives PyTorch's image within one level."""
     import tensorflow as tf
 
-    from pix2pixhd_tf.export import export_saved_model
+    from pix2pixhd_tf.serving.saved_model import export_saved_model
     from pix2pixhd_tf.inputs import encode_input
 
     torch.manual_seed(1)

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pix2pixhd_tf import checkpoint as ckpt
+from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.data.synthetic import CAR, PERSON, SIDEWALK, SKY, write_synthetic_dataset
 from pix2pixhd_tf.editor.app import DatasetScenes, create_app
@@ -382,7 +382,7 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
 def test_saved_model_and_rest_backends_match_the_checkpoint(opts, tmp_path):
     """Same weights, seed and styles: the three backends give the same image (features computed in the app)."""
     from pix2pixhd_tf.editor.backends import RestBackend, SavedModelBackend, make_backend
-    from pix2pixhd_tf.export import export_model
+    from pix2pixhd_tf.serving.saved_model import export_model
 
     export_dir = export_model(opts, str(tmp_path / "export"))["saved_model"]
     label = np.asarray(Image.open(f"{opts.dataroot}/test_label/scene_00000.png")).astype(np.int32)
@@ -415,12 +415,13 @@ def test_saved_model_and_rest_backends_match_the_checkpoint(opts, tmp_path):
 
 
 def test_latency_benchmark_runs(opts):
-    from pix2pixhd_tf.editor.benchmark import REPO_ROOT, measure_edit_latency, options_from_flagfile
+    from benchmarks.editor_latency import DEFAULT_FLAGFILE, REPO_ROOT, measure_edit_latency
+    from pix2pixhd_tf.flags import options_from_flagfile
 
     result = measure_edit_latency(opts, height=64, width=128, runs=3, warmup=1)
     assert result["runs"] == 3 and 0 < result["min_s"] <= result["median_s"] <= result["max_s"]
     assert 0 < result["generate_median_s"] < result["max_s"] and result["nproc"] >= 1 and result["cpu"]
-    local = options_from_flagfile()  # configs/local.cfg
+    local = options_from_flagfile(DEFAULT_FLAGFILE)  # configs/local.cfg
     assert (local.name, local.ngf, local.instance_feat, local.n_clusters) == ("local_synthetic", 32, True, 10)
     # A nested, repository-relative --flagfile line: the 512p flags, then 1024p's own over them.
     hd = options_from_flagfile(os.path.join(REPO_ROOT, "configs", "cityscapes_1024p.cfg"))

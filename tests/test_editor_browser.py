@@ -54,7 +54,7 @@ def server(tmp_path_factory):
 
     flagfile = os.environ.get("PIX2PIXHD_EDITOR_FLAGFILE")
     if flagfile:
-        from pix2pixhd_tf.editor.benchmark import options_from_flagfile
+        from pix2pixhd_tf.flags import options_from_flagfile
 
         opts = options_from_flagfile(flagfile, phase="test")
     else:

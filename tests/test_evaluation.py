@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pix2pixhd_tf import evaluation, metrics, segmenter
+from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.evaluation import metrics
+from pix2pixhd_tf.evaluation import segmenter
 from pix2pixhd_tf.data.files import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]

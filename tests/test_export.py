@@ -27,7 +27,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pix2pixhd_tf import export, networks
+from pix2pixhd_tf import networks
+from pix2pixhd_tf.serving import saved_model as export
 from pix2pixhd_tf.inputs import encode_input
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.visualize import tensor_to_uint8
@@ -629,7 +630,7 @@ def test_tflite_of_a_wide_generator_whose_blocks_run_as_matmuls(tmp_path):
 @pytest.mark.slow
 def test_cli_exports_a_checkpoint(tmp_path):
     """tools/export.py: checkpoint + clusters.npz in, SavedModel version 1 and a float32 TFLite file out."""
-    from pix2pixhd_tf import checkpoint
+    from pix2pixhd_tf.training import checkpoint
 
     opts = _options("feat").replace(checkpoints_dir=str(tmp_path / "ckpt"))
     keras.utils.set_random_seed(3)

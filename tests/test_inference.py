@@ -17,21 +17,20 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pix2pixhd_tf import checkpoint as ckpt
+from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.data.dataset import build_dataset
 from pix2pixhd_tf.data.synthetic import CAR, write_synthetic_dataset
-from pix2pixhd_tf.inference import Synthesizer, run_test, style_report
+from benchmarks.style_report import style_report
+from pix2pixhd_tf.inference import Synthesizer, run_test
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.styles import (
     ClusterBank,
     StyleSpec,
-    collect_instance_features,
     default_cluster_file,
-    encode_features,
     keep_instance,
-    precompute_feature_maps,
 )
+from pix2pixhd_tf.styles.encoding import collect_instance_features, encode_features, precompute_feature_maps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(

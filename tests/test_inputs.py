@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from pix2pixhd_tf import inputs
-from pix2pixhd_tf.model import Pix2PixHD
+from pix2pixhd_tf.training.model import Pix2PixHD
 from tests.helpers import random_batch, tiny_options
 
 

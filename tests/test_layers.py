@@ -9,7 +9,7 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 
-from pix2pixhd_tf.layers import (
+from pix2pixhd_tf.networks.layers import (
     MATMUL_CONV_MIN_CHANNELS,
     AvgPoolExcludePad,
     InstanceAveragePool,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2pixhd_tf import losses
+from pix2pixhd_tf.training import losses
 
 rng = np.random.default_rng(0)
 

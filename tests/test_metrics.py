@@ -1,4 +1,4 @@
-"""Numbers of `pix2pixhd_tf.metrics` on hand-made and synthetic inputs."""
+"""Numbers of `pix2pixhd_tf.evaluation.metrics` on hand-made and synthetic inputs."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import linalg, ndimage
 
-from pix2pixhd_tf import metrics
+from pix2pixhd_tf.evaluation import metrics
 
 # ----------------------------------------------------------------------------------------------------
 # Segmentation scores.

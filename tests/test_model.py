@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2pixhd_tf import layers, losses
-from pix2pixhd_tf.model import D_LOSSES, G_LOSSES, ImagePool, Pix2PixHD
+from pix2pixhd_tf.networks import layers
+from pix2pixhd_tf.training import losses
+from pix2pixhd_tf.training.model import D_LOSSES, G_LOSSES, ImagePool, Pix2PixHD
 from tests.helpers import (
     build_model,
     max_abs_diff,

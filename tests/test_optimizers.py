@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pix2pixhd_tf.optimizers import FusedAdam
+from pix2pixhd_tf.training.optimizers import FusedAdam
 from tests.helpers import mirrored_strategy
 
 SHAPES = [(3, 3, 4, 5), (5,)]

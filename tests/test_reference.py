@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 
 from pix2pixhd_tf.convert import convert_state_dict  # noqa: E402
 from pix2pixhd_tf.networks import Encoder, GlobalGenerator, LocalEnhancer, MultiscaleDiscriminator  # noqa: E402
-from tests import torch_reference as ref  # noqa: E402
+from pix2pixhd_tf.testing import torch_reference as ref  # noqa: E402
 
 ATOL = 1e-4
 

@@ -5,17 +5,14 @@ import pytest
 
 from pix2pixhd_tf.styles import (
     ClusterBank,
-    InstanceFeatures,
     StyleSpec,
     apply_style,
     class_of,
-    cluster_features,
-    cluster_purity,
     keep_instance,
-    mode_recovery,
-    region_features,
     sample_feature_map,
 )
+from benchmarks.style_report import cluster_purity, mode_recovery
+from pix2pixhd_tf.styles.encoding import InstanceFeatures, cluster_features, region_features
 
 LABEL_NC, FEAT_NUM = 9, 3
 

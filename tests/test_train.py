@@ -13,10 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from pix2pixhd_tf import checkpoint as ckpt
+from pix2pixhd_tf.experiment import load_networks
+from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.options import Options
-from pix2pixhd_tf.train import Trainer, TrainResult, finish_message, learning_rate, prepare_data, train
+from pix2pixhd_tf.training.trainer import Trainer, TrainResult, finish_message, learning_rate, prepare_data, train
 from tests.helpers import sgd_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,7 @@ def test_training_writes_checkpoints_logs_and_samples(tmp_path):
     assert all(np.isfinite(v) for v in result.losses.values())
 
     # Inference tools read G back from the checkpoint.
-    G, _, _ = ckpt.load_networks(opts)
+    G, _, _ = load_networks(opts)
     for loaded, trained in zip(G.weights, result.model.generator.weights):
         np.testing.assert_array_equal(np.array(loaded), np.array(trained))
 
@@ -126,7 +127,7 @@ def test_local_generator_holds_the_global_part_for_niter_fix_global(tmp_path):
     prepare_data(opts)
     trainer = Trainer(opts)
     trainer.restore_or_initialise()
-    pretrained, _, _ = ckpt.load_networks(global_opts)
+    pretrained, _, _ = load_networks(global_opts)
     g = trainer.model.generator
     for layer in g.global_layers():
         for v, w in zip(layer.weights, pretrained.get_layer(layer.name).weights):

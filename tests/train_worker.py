@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from pix2pixhd_tf.options import Options  # noqa: E402
-from pix2pixhd_tf.train import make_optimizers, train  # noqa: E402
+from pix2pixhd_tf.training.trainer import make_optimizers, train  # noqa: E402
 
 if __name__ == "__main__":
     options, out = json.loads(sys.argv[1]), sys.argv[2]

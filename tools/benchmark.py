@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from pix2pixhd_tf import benchmark
+from benchmarks import harness as benchmark
 
 flags.DEFINE_list("suites", list(benchmark.SUITES), f"Suites to run: any of {', '.join(benchmark.SUITES)}.")
 flags.DEFINE_list("sizes", ["256x512"], "Image sizes HEIGHTxWIDTH for the generator, tflite and torch suites.")

@@ -11,7 +11,8 @@ Writes report.json and report.md (also printed). See pix2pixhd_tf/evaluation.py 
 
 from absl import app, flags
 
-from pix2pixhd_tf import evaluation, metrics
+from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.evaluation import metrics
 
 flags.DEFINE_string("dataroot", "./datasets/cityscapes/", "Data set root ({phase}_label, {phase}_img).")
 flags.DEFINE_string("phase", "test", "Split holding the label maps and real images.")

@@ -15,7 +15,7 @@ batch 1, generator only) go to `{export_dir}/tflite/{version}/`. See export/READ
 
 from absl import app, flags
 
-from pix2pixhd_tf.export import TFLITE_VARIANTS, export_model, parse_size
+from pix2pixhd_tf.serving.saved_model import TFLITE_VARIANTS, export_model, parse_size
 from pix2pixhd_tf.flags import define_flags, options_from_flags
 
 define_flags()

@@ -11,7 +11,7 @@ SIGTERM saves a checkpoint first; `--continue_train` picks up exactly where it s
 from absl import app
 
 from pix2pixhd_tf.flags import define_flags, options_from_flags
-from pix2pixhd_tf.train import finish_message, train
+from pix2pixhd_tf.training.trainer import finish_message, train
 
 define_flags()
 

@@ -11,7 +11,8 @@ tools/evaluate.py --segmenter. See pix2pixhd_tf/segmenter.py.
 
 from absl import app, flags
 
-from pix2pixhd_tf import evaluation, segmenter
+from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.evaluation import segmenter
 
 flags.DEFINE_string("dataroot", "./datasets/cityscapes/", "Data set root ({phase}_label, {phase}_img).")
 flags.DEFINE_string("phase", "train", "Split to train on.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from pix2pixhd_tf.layers import AvgPoolExcludePad, FunctionalNetwork, LeakyReLU, conv, instance_norm
+from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, FunctionalNetwork, LeakyReLU, conv, instance_norm
 
 _PACKAGE = "pix2pixhd_tf"
 _KW, _PADW = 4, 2  # kernel 4, padding ceil((4 - 1) / 2) = 2, as in the official code

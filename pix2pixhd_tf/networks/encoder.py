@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from pix2pixhd_tf.layers import FunctionalNetwork, InstanceAveragePool
+from pix2pixhd_tf.networks.layers import FunctionalNetwork, InstanceAveragePool
 from pix2pixhd_tf.networks.generator import global_trunk, output_head
 
 _PACKAGE = "pix2pixhd_tf"

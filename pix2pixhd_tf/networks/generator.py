@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pix2pixhd_tf.layers import (
+from pix2pixhd_tf.networks.layers import (
     AvgPoolExcludePad,
     FunctionalNetwork,
     LeakyReLU,

@@ -2,7 +2,7 @@
 
 Everything here is plain NumPy/SciPy on arrays that are already in memory (label maps, predictions,
 feature vectors, uint8 images); reading folders, running networks and writing reports live in
-`pix2pixhd_tf.evaluation`.
+`pix2pixhd_tf.evaluation.protocol`.
 
 - Segmentation score (pix2pixHD, Table 1): a confusion matrix over the valid pixels, then pixel accuracy
   and intersection-over-union per class. Ground-truth labels outside ``[0, num_classes)`` (Cityscapes'

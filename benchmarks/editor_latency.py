@@ -1,7 +1,7 @@
 """How long the editor takes to show the image after an edit (the number in benchmarks/editor_latency.md).
 
-    python -m pix2pixhd_tf.editor.benchmark --runs=20  # configs/local.cfg, 256x512
-    python -m pix2pixhd_tf.editor.benchmark --flagfile=configs/local.cfg --height=256 --width=512
+    python -m benchmarks.editor_latency --runs=20  # configs/local.cfg, 256x512
+    python -m benchmarks.editor_latency --flagfile_config=configs/cityscapes_512p.cfg --height=256 --width=512
 
 The networks of the config are built with random weights (latency does not depend on training), with a
 random cluster bank of the config's n_clusters per class, behind the real web app (`create_app`, FastAPI's
@@ -21,45 +21,16 @@ import warnings
 from typing import Any
 
 import numpy as np
+from absl import app, flags
 
-from pix2pixhd_tf.benchmark import cpu_model
+from benchmarks.harness import cpu_model
+from pix2pixhd_tf.flags import options_from_flagfile
 from pix2pixhd_tf.options import Options
 
-__all__ = ["cpu_model", "measure_edit_latency", "options_from_flagfile"]
+__all__ = ["measure_edit_latency"]
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FLAGFILE = os.path.join(REPO_ROOT, "configs", "local.cfg")
-
-
-def _flagfile_args(path: str) -> list[str]:
-    """The flags of an absl flagfile, nested --flagfile lines expanded; relative nested paths are tried from
-    the working directory, then from the repository root (the configs name each other as `configs/...`)."""
-    args = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("--flagfile="):
-                nested = line.split("=", 1)[1]
-                if not os.path.isabs(nested) and not os.path.exists(nested):
-                    nested = os.path.join(REPO_ROOT, nested)
-                args += _flagfile_args(nested)
-            else:
-                args.append(line)
-    return args
-
-
-def options_from_flagfile(path: str = DEFAULT_FLAGFILE, **overrides: Any) -> Options:
-    """The Options a flagfile (e.g. configs/local.cfg) gives, with `overrides` applied."""
-    from absl import flags
-
-    from pix2pixhd_tf.flags import define_flags, options_from_flags
-
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    flag_values(["options_from_flagfile", *_flagfile_args(path)])
-    return options_from_flags(flag_values, **overrides)
 
 
 def measure_edit_latency(
@@ -91,7 +62,7 @@ def measure_edit_latency(
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    opts = opts or options_from_flagfile()
+    opts = opts or options_from_flagfile(DEFAULT_FLAGFILE)
     keras.utils.set_random_seed(seed)
     generator, encoder = networks.build_generator(opts), networks.build_encoder(opts)
     rng = np.random.default_rng(seed)
@@ -180,17 +151,17 @@ def measure_edit_latency(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+flags.DEFINE_string("flagfile_config", DEFAULT_FLAGFILE, "The experiment's flagfile (networks and classes).")
+flags.DEFINE_integer("height", 256, "Scene height.")
+flags.DEFINE_integer("width", 512, "Scene width.")
+flags.DEFINE_integer("runs", 20, "Timed edits.")
+FLAGS = flags.FLAGS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flagfile", default=DEFAULT_FLAGFILE)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args(argv)
+
+def main(argv: list[str]) -> None:
+    del argv
     result = measure_edit_latency(
-        options_from_flagfile(args.flagfile), height=args.height, width=args.width, runs=args.runs
+        options_from_flagfile(FLAGS.flagfile_config), height=FLAGS.height, width=FLAGS.width, runs=FLAGS.runs
     )
     print(
         f"| {result['date']} | {result['height']}x{result['width']} | {result['median_s'] * 1000:.0f} ms | "
@@ -202,4 +173,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -10,7 +10,7 @@ and environment settings such as `TF_ENABLE_ONEDNN_OPTS` take effect before Tens
 | generator | G forward: Keras eager call, tf.function, tf.function(jit_compile=True), SavedModel        |
 | tflite    | G forward as TFLite float32 / float16 / dynamic_range, and each one's error vs Keras       |
 | train     | `Pix2PixHD.train_step` (G + multi-scale D, Adam) with/without VGG, with/without XLA        |
-| torch     | the PyTorch reference modules (tests/torch_reference.py): G forward, official iteration   |
+| torch     | the PyTorch reference modules (pix2pixhd_tf/testing/torch_reference.py): G forward, official iteration   |
 
 Conventions: sizes are (height, width) of the full-resolution image; a local generator at 512x1024 runs
 its G1 at 256x512. FLOPs count 2 per multiply-add of the Conv2D / Conv2DTranspose layers only (norms,
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -467,7 +466,7 @@ def generator_latency(
             compiled = tf.function(lambda t: generator(t, training=False), jit_compile=mode == "xla", autograph=False)
             fn = lambda c=compiled: c(x).numpy()
         else:
-            from pix2pixhd_tf.export import export_saved_model
+            from pix2pixhd_tf.serving.saved_model import export_saved_model
 
             export_dir = tempfile.mkdtemp(prefix="p2phd-bench-")
             start = time.perf_counter()
@@ -501,7 +500,7 @@ def tflite_latency(
     `num_threads` defaults to every core (the interpreter's own default may use one).
     """
     from pix2pixhd_tf import networks
-    from pix2pixhd_tf.export import benchmark_tflite, export_tflite, run_tflite
+    from pix2pixhd_tf.serving.saved_model import benchmark_tflite, export_tflite, run_tflite
 
     h, w = size
     num_threads = num_threads or os.cpu_count()
@@ -562,8 +561,8 @@ def train_step_throughput(
     """
     import tensorflow as tf
 
-    from pix2pixhd_tf import losses
-    from pix2pixhd_tf.model import Pix2PixHD, make_optimizers
+    from pix2pixhd_tf.training import losses
+    from pix2pixhd_tf.training.model import Pix2PixHD, make_optimizers
 
     h, w = size
     opts = benchmark_options(net, {**dict(overrides or {}), "no_vgg_loss": not vgg, "batchSize": batch, "xla": xla})
@@ -601,18 +600,10 @@ def _repo_root() -> Path:
 
 
 def load_torch_reference():
-    """tests/torch_reference.py (the PyTorch re-implementation of the official modules) as a module.
+    """`pix2pixhd_tf.testing.torch_reference`, imported only here: torch is an optional dependency."""
+    from pix2pixhd_tf.testing import torch_reference
 
-    Raises:
-        FileNotFoundError: not a source checkout (the reference lives in tests/, outside the package).
-    """
-    path = _repo_root() / "tests" / "torch_reference.py"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the torch suite needs a source checkout of pix2pixhd_tf")
-    spec = importlib.util.spec_from_file_location("pix2pixhd_torch_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return torch_reference
 
 
 def _torch_generator(ref, opts: Options):
@@ -824,7 +815,7 @@ def run_isolated(
         command = [
             sys.executable,
             "-m",
-            "pix2pixhd_tf.benchmark",
+            "benchmarks.harness",
             name,
             json.dumps(dict(kwargs)),
             out,
@@ -841,7 +832,7 @@ def run_isolated(
 
 
 def _worker(argv: Sequence[str]) -> None:
-    """`python -m pix2pixhd_tf.benchmark CASE KWARGS_JSON OUT_PATH ENV_JSON`: what `run_isolated` starts."""
+    """`python -m benchmarks.harness CASE KWARGS_JSON OUT_PATH ENV_JSON`: what `run_isolated` starts."""
     name, kwargs, out, env = argv
     kwargs = json.loads(kwargs)
     # Load the framework first, so baseline_rss_mb is the framework's footprint before any model exists.

@@ -127,18 +127,6 @@ def save_options(opts: Options, directory: str) -> None:
         f.write("-------------- End ----------------\n")
 
 
-def load_networks(
-    opts: Options, *, which_epoch: str | None = None, discriminator: bool = False
-) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
-    """Build G (+E, +D if asked) from `opts` and restore their weights from the experiment's checkpoint."""
-    G = networks.build_generator(opts)
-    E = networks.build_encoder(opts)
-    D = networks.build_discriminator(opts) if discriminator else None
-    directory = checkpoint_dir(experiment_dir(opts), which_epoch or opts.which_epoch)
-    restore(make_checkpoint(G, D, E), directory)
-    return G, D, E
-
-
 def load_pretrained_global(generator: keras.Model, opts: Options) -> None:
     """`--load_pretrain DIR`: copy a trained global G1 into this generator (coarse-to-fine, paper §3.2).
 

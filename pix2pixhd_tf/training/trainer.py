@@ -21,11 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pix2pixhd_tf import checkpoint as ckpt
-from pix2pixhd_tf import distribute, visualize
+from pix2pixhd_tf.training import checkpoint as ckpt
+from pix2pixhd_tf import visualize
+from pix2pixhd_tf.training import distribute
 from pix2pixhd_tf.data.dataset import build_dataset
 from pix2pixhd_tf.data.files import list_dataset_files
-from pix2pixhd_tf.model import Pix2PixHD, make_optimizers
+from pix2pixhd_tf.training.model import Pix2PixHD, make_optimizers
 from pix2pixhd_tf.options import Options
 
 

@@ -1,7 +1,7 @@
 """A compact segmentation network for the segmentation score, and its training on a data set's real images.
 
 The paper scores its results with PSPNet trained on Cityscapes. Any segmenter can be passed to the evaluation
-(see `pix2pixhd_tf.evaluation.load_segmenter`); this module provides a small one that anybody can train on
+(see `pix2pixhd_tf.evaluation.protocol.load_segmenter`); this module provides a small one that anybody can train on
 the real training images of their data set in minutes on a CPU: a U-Net-like encoder-decoder (`depth`
 levels of two 3×3 conv + batch norm + ReLU, max-pool down, nearest-neighbour up, skip connections) taking float
 images 0..255 of any size and returning per-pixel logits.
@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import layers, ops
 from PIL import Image
 
-from pix2pixhd_tf import evaluation
+from pix2pixhd_tf.evaluation import protocol as evaluation
 from pix2pixhd_tf.data import files as data_files
 from pix2pixhd_tf.options import Options
 

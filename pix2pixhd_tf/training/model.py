@@ -10,9 +10,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pix2pixhd_tf import losses, networks
+from pix2pixhd_tf import networks
+from pix2pixhd_tf.training import losses
 from pix2pixhd_tf.inputs import check_image_size, encode_input
-from pix2pixhd_tf.optimizers import FusedAdam
+from pix2pixhd_tf.training.optimizers import FusedAdam
 from pix2pixhd_tf.options import Options
 
 G_LOSSES = ("G_GAN", "G_GAN_Feat", "G_VGG")

@@ -4,7 +4,7 @@ What `evaluate` computes (`--metrics`, any of):
 
 - ``seg``: the segmentation score of pix2pixHD's Table 1. A semantic segmentation network runs on every
   generated image and on its real counterpart (the oracle); pixel accuracy and mean IoU against the
-  label map are reported for both (see `pix2pixhd_tf.metrics` for the IoU conventions).
+  label map are reported for both (see `pix2pixhd_tf.evaluation.metrics` for the IoU conventions).
 - ``fid``, ``kid``: from 2048-d InceptionV3 pool features (ImageNet weights; images resized bilinearly to
   299×299 without antialiasing, as TensorFlow's reference FID code does, then `inception_v3.preprocess_input`).
 - ``swd``: multi-scale sliced Wasserstein distance on Laplacian-pyramid patches (no network needed); with a
@@ -23,7 +23,7 @@ Segmenters (`load_segmenter`) are a `.keras` file or a SavedModel directory. A S
 ``serving_default`` signature (or its only signature) must take one [N, H, W, 3] tensor, uint8 (0..255) or
 float32 (scaled by `input_range`, 0..255 by default), and return [N, H, W, C] logits or probabilities (the
 arg-max is taken) or [N, H, W] integer class ids. With several outputs, pass `output_key` or name one of
-``logits``, ``probabilities``, ``predictions``, ``class_ids``. `pix2pixhd_tf.segmenter` trains and exports one.
+``logits``, ``probabilities``, ``predictions``, ``class_ids``. `pix2pixhd_tf.evaluation.segmenter` trains and exports one.
 
 Every problem with the inputs raises a `ValueError` subclass naming the file or value and the fix: an
 `EvaluationError` from here, a `DatasetError` (`pix2pixhd_tf.data.files`) for the data set's own folders.
@@ -44,7 +44,7 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
-from pix2pixhd_tf import metrics as metrics_lib
+from pix2pixhd_tf.evaluation import metrics as metrics_lib
 from pix2pixhd_tf.data import files as data_files
 from pix2pixhd_tf.options import Options
 
@@ -403,7 +403,7 @@ def load_segmenter(path: str | Path, *, output_key: str | None = None, input_ran
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
-        from pix2pixhd_tf import segmenter as _  # noqa: F401  (registers the layers of our segmenter)
+        from pix2pixhd_tf.evaluation import segmenter as _  # noqa: F401  (registers the layers of our segmenter)
 
         model = keras.saving.load_model(path, compile=False)
         outputs = model.outputs[0] if len(model.outputs) == 1 else None

@@ -1,10 +1,11 @@
-"""A small PyTorch re-implementation of the official pix2pixHD networks, for tests only.
+"""A small PyTorch re-implementation of the official pix2pixHD networks: the anchor of the parity tests and
+of the PyTorch rows of the benchmarks. Needs torch (`pip install -e ".[convert]"`).
 
 Written for this project from the architecture description (DESIGN.md §3). What it must share with
 NVIDIA's `models/networks.py` is the module structure and therefore the state-dict keys: every network
 keeps its layers in `nn.Sequential`s at the official positions (`model.1.weight`, `model.13.conv_block.5.bias`,
 `model1_2.3.weight`, `scale0_layer2.0.weight`, `layer1.5.weight` ...), so a state dict of these modules is
-shaped like an official checkpoint. Nothing here is imported by the library.
+shaped like an official checkpoint. Nothing else in the package imports it.
 """
 
 from __future__ import annotations

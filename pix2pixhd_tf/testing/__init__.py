@@ -1,0 +1,1 @@
+"""Anchors for tests and benchmarks (the PyTorch reference networks); nothing in the library imports them."""
