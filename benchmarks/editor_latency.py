@@ -51,6 +51,7 @@ def measure_edit_latency(
     import keras
 
     from pix2pixhd_tf import networks
+    from pix2pixhd_tf.data.classes import SYNTHETIC
     from pix2pixhd_tf.data.synthetic import CAR, ROAD, SIDEWALK, generate_scene
     from pix2pixhd_tf.editor.app import create_app
     from pix2pixhd_tf.editor.backends import CheckpointBackend
@@ -69,7 +70,8 @@ def measure_edit_latency(
     k = max(1, opts.n_clusters)
     bank = ClusterBank(rng.uniform(-1, 1, (opts.label_nc, k, opts.feat_num)), np.full(opts.label_nc, k))
     backend = CheckpointBackend(Synthesizer(opts, generator, encoder, bank if opts.use_features else None))
-    client = TestClient(create_app(backend))
+    classes = SYNTHETIC if opts.label_nc == SYNTHETIC.label_nc else None  # the scenes are synthetic ones
+    client = TestClient(create_app(backend, classes=classes))
 
     scene = generate_scene(seed, height, width)
     files = {

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from pix2pixhd_tf.flags import parse_size
 from pix2pixhd_tf.options import Options
 
 SUITES = ("matmul", "generator", "tflite", "train", "torch")
@@ -78,15 +79,6 @@ def benchmark_options(net: str, overrides: Mapping[str, Any] | None = None) -> O
     if net not in NET_OPTIONS:
         raise ValueError(f"net must be one of {NETS}, got {net!r}")
     return Options(**{**BASE_OPTIONS, **NET_OPTIONS[net], **dict(overrides or {})})
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x512' (height x width) -> (256, 512)."""
-    try:
-        h, w = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size {text!r} must be HEIGHTxWIDTH, e.g. 256x512") from None
-    return h, w
 
 
 def size_text(size: Sequence[int]) -> str:
@@ -313,7 +305,7 @@ def conv_flops(model, h: int, w: int, batch: int = 1) -> list[Record]:
             n, hi, wi, _ = op.inputs[2].shape.as_list()
             macs = n * hi * wi * kh * kw * cin * cout
             kind, out_shape = "conv_transpose", op.outputs[0].shape.as_list()
-        elif op.type == "MatMul":  # a 3x3 conv run as an im2col matmul (layers.padded_conv2d)
+        elif op.type == "MatMul":  # a 3x3 conv run as an im2col matmul (fast_ops.padded_conv2d)
             (m, k), cout = op.inputs[0].shape.as_list(), op.outputs[0].shape[-1]
             macs, cin, kh, kw = m * k * cout, k // 9, 3, 3
             kind, out_shape = "conv_as_matmul", op.outputs[0].shape.as_list()
@@ -500,7 +492,7 @@ def tflite_latency(
     `num_threads` defaults to every core (the interpreter's own default may use one).
     """
     from pix2pixhd_tf import networks
-    from pix2pixhd_tf.serving.saved_model import benchmark_tflite, export_tflite, run_tflite
+    from pix2pixhd_tf.serving.tflite import benchmark_tflite, export_tflite, run_tflite
 
     h, w = size
     num_threads = num_threads or os.cpu_count()
@@ -1216,7 +1208,7 @@ _TRAIN_COLUMNS = [
 
 def _order(r: Record) -> tuple:
     """Rows by net, size, framework (Keras first), oneDNN setting, VGG, XLA, then runtime/variant."""
-    h, w = parse_size(r.get("size", "0x0"))
+    h, w = parse_size(r["size"]) if "size" in r else (0, 0)
     modes = GENERATOR_MODES + TFLITE_VARIANTS
     return (
         NETS.index(r["net"]) if r.get("net") in NETS else -1,

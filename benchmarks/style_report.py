@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from pix2pixhd_tf.flags import define_flags, options_from_flags
 from pix2pixhd_tf import visualize
-from pix2pixhd_tf.inference import Synthesizer, _label_visual
+from pix2pixhd_tf.data.classes import META_FILE, ClassTable
+from pix2pixhd_tf.data.dataset import build_dataset
+from pix2pixhd_tf.data.synthetic import read_synthetic_meta
+from pix2pixhd_tf.flags import define_flags, options_from_flags
+from pix2pixhd_tf.inference import Synthesizer
+from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.styles import classes_of
 from pix2pixhd_tf.styles.encoding import collect_instance_features
-from pix2pixhd_tf.options import Options
 
 
 def cluster_purity(assignments: Sequence[int], modes: Sequence[int]) -> float:
@@ -76,7 +79,7 @@ class ModeRecovery:
 
 def mode_recovery(assignments: Sequence[int], modes: Sequence[int], mode_names: Sequence[str] = ()) -> ModeRecovery:
     """Compare cluster assignments with ground-truth modes: purity, NMI, and which modes clusters found."""
-    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.metrics import normalized_mutual_info_score  # here: scikit-learn takes seconds to import
 
     assignments, modes = np.asarray(assignments, int), np.asarray(modes, int)
     purity = cluster_purity(assignments, modes)
@@ -147,11 +150,8 @@ def style_report(
     Returns:
         The report (also in report.json).
     """
-    from pix2pixhd_tf.data.dataset import build_dataset
-
     if isinstance(meta, str):
-        with open(meta) as f:
-            meta = json.load(f)
+        meta = read_synthetic_meta(meta)
     class_names = meta.get("class_names", [])
     class_name = class_names[class_id] if class_id < len(class_names) else str(class_id)
     mode_list = meta.get("modes", {}).get(class_name, [])
@@ -206,7 +206,7 @@ def style_report(
                 "nearest_mode_name": mode_names[mode] if mode >= 0 else "",
             }
         )
-    cells = [_label_visual(label[0], opts)]
+    cells = [visualize.input_visual(label[0], ClassTable.for_dataset(opts.dataroot, opts.label_nc).palette)]
     if "image" in best:
         cells.append(visualize.tensor_to_uint8(best["image"][0]))
     strip = visualize.image_grid([cells + variants])
@@ -234,12 +234,17 @@ def style_report(
     return report
 
 
-define_flags()
-flags.DEFINE_string("meta", "", "The synthetic dataset's meta.json (default {dataroot}/meta.json).")
-flags.DEFINE_integer("class_id", 8, "The class to study (8 = car in the synthetic dataset).")
-flags.DEFINE_integer("sample_seed", 0, "Seed for the styles of the other regions in the strip.")
-flags.DEFINE_string("report_dir", "", "Output folder (default {results_dir}/{name}/style_report).")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The command's flags, defined only when it runs: importing the module (tests do) leaves flags alone, so
+    tools that define the same names (tools/test.py's --sample_seed) can be run in the same process."""
+    define_flags()
+    flags.DEFINE_string("meta", "", "The synthetic dataset's meta.json (default {dataroot}/meta.json).")
+    flags.DEFINE_integer("class_id", 8, "The class to study (8 = car in the synthetic dataset).")
+    flags.DEFINE_integer("sample_seed", 0, "Seed for the styles of the other regions in the strip.")
+    flags.DEFINE_string("report_dir", "", "Output folder (default {results_dir}/{name}/style_report).")
 
 
 def main(argv):
@@ -248,7 +253,7 @@ def main(argv):
     cluster_file = FLAGS.cluster_path if FLAGS["cluster_path"].present else None
     report = style_report(
         opts,
-        FLAGS.meta or os.path.join(opts.dataroot, "meta.json"),
+        FLAGS.meta or os.path.join(opts.dataroot, META_FILE),
         class_id=FLAGS.class_id,
         cluster_file=cluster_file,
         output_dir=FLAGS.report_dir or None,
@@ -261,4 +266,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

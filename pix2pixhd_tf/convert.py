@@ -30,7 +30,6 @@ from collections.abc import Iterator, Mapping
 import keras
 import numpy as np
 
-from pix2pixhd_tf.networks.layers import InstanceNormalization, ResnetBlock, TorchConvTranspose2D
 from pix2pixhd_tf.networks import (
     Encoder,
     GlobalGenerator,
@@ -40,13 +39,17 @@ from pix2pixhd_tf.networks import (
     build_encoder,
     build_generator,
 )
+from pix2pixhd_tf.networks.layers import InstanceNormalization, ResnetBlock, TorchConvTranspose2D
 from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.styles.bank import ClusterBank, default_cluster_file, load_official_clusters
+from pix2pixhd_tf.training import checkpoint as ckpt
+from pix2pixhd_tf.training.model import make_optimizers
 
 __all__ = [
     "CheckpointMismatchError",
     "convert_checkpoint",
     "convert_state_dict",
-    "load_official_clusters",
+    "load_official_clusters",  # defined beside the ClusterBank that reads it (styles.bank)
     "load_torch_state_dict",
 ]
 
@@ -124,52 +127,6 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         tensor = tensor.detach().cpu()
         arrays[key] = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
     return arrays
-
-
-def load_official_clusters(path: str | os.PathLike, feat_num: int | None = None) -> dict[int, np.ndarray]:
-    """Read the official `features_clustered_010.npy`: {label id: k-means centres [n_clusters, feat_num]}.
-
-    The official encode_features.py saves `np.save(path, {label: KMeans.cluster_centers_})`, a pickled
-    dict; the relative-area column of its `features.npy` is dropped before clustering, so the centres have
-    feat_num columns. Labels without instances are absent and a label may have fewer than n_clusters rows.
-
-    Unpickling can run code: this is the only place that calls `np.load(allow_pickle=True)`, and it is
-    called only for a file the user names (`--clusters_file`). Load only files you trust.
-
-    Args:
-        path: the .npy file.
-        feat_num: if given, the number of columns every array must have.
-
-    Returns:
-        Label id -> float32 array [n, feat_num].
-
-    Raises:
-        ValueError: the file is not such a dict, or its width differs from feat_num.
-    """
-    data = np.load(os.fspath(path), allow_pickle=True, encoding="latin1")
-    is_dict = (
-        isinstance(data, np.ndarray) and data.dtype == object and data.shape == () and isinstance(data.item(), dict)
-    )
-    if not is_dict:
-        raise ValueError(f"{path} is not an official cluster file (a pickled dict of label -> cluster centres).")
-    clusters = {}
-    for label, centres in data.item().items():
-        centres = np.asarray(centres)
-        if not isinstance(label, (int, np.integer)) or centres.ndim != 2 or not np.issubdtype(centres.dtype, np.number):
-            raise ValueError(f"{path}: entry {label!r} is not label id -> 2-D array of cluster centres.")
-        clusters[int(label)] = centres.astype(np.float32)
-    widths = {c.shape[1] for c in clusters.values() if c.shape[0]}
-    if len(widths) > 1:
-        raise ValueError(f"{path}: the cluster centres have different widths {sorted(widths)}.")
-    if feat_num is not None and widths and widths != {feat_num}:
-        (width,) = widths
-        extra = (
-            " It looks like the unclustered features.npy (features + relative area): pass the *_clustered_*.npy file."
-            if width == feat_num + 1
-            else ""
-        )
-        raise ValueError(f"{path}: cluster centres have {width} columns but --feat_num={feat_num}.{extra}")
-    return clusters
 
 
 # ----------------------------------------------------------------------------------------------- mapping
@@ -517,10 +474,6 @@ def save_converted(
     Returns:
         The experiment directory.
     """
-    from pix2pixhd_tf.training import checkpoint as ckpt
-    from pix2pixhd_tf.training.model import make_optimizers
-    from pix2pixhd_tf.styles import ClusterBank, default_cluster_file
-
     base = ckpt.experiment_dir(opts)
     if ckpt.available_checkpoints(base):
         raise FileExistsError(f"{base} already holds checkpoints; choose another --name or remove it")

@@ -1,8 +1,10 @@
-"""absl flags generated from `Options`, so flag names, defaults and help texts live in one place."""
+"""absl flags generated from `Options`, so flag names, defaults and help texts live in one place; the parser of
+size flag values."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from absl import flags
 
@@ -39,3 +41,17 @@ def options_from_flagfile(path: str, **overrides) -> Options:
     define_flags(flag_values)
     flag_values(["options_from_flagfile", f"--flagfile={path}"])
     return options_from_flags(flag_values, **overrides)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """A size flag, 'HEIGHTxWIDTH' (e.g. '512x1024'), as (height, width).
+
+    Flags where '' (or 'none') means "no size" check for it before calling this.
+
+    Raises:
+      ValueError: anything else, '' included, or a side that is not positive.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or not all(int(side) > 0 for side in match.groups()):
+        raise ValueError(f"size {text!r} must be HEIGHTxWIDTH with positive sides, e.g. 512x1024")
+    return int(match.group(1)), int(match.group(2))

@@ -10,6 +10,9 @@ Inputs are numpy arrays or tensors, one sample ([H, W] ids, [H, W, C] images) or
 [N, H, W, C]); outputs follow the input (a batch in, a batch out). Label maps hold class ids (or, with
 --label_nc 0, the input image in [-1, 1]); instance maps Cityscapes-style ids; images are floats in
 [-1, 1] or uint8.
+
+Sampled styles are those of the exported SavedModel: `generate(label, instance, seed=s)` gives the image
+`generate_with_seed` gives with seed s (see `styles.sampling` for what a seed may be).
 """
 
 from __future__ import annotations
@@ -22,12 +25,23 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from pix2pixhd_tf import visualize
+from pix2pixhd_tf.data.classes import ClassTable
+from pix2pixhd_tf.data.dataset import build_dataset
+from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
 from pix2pixhd_tf.experiment import Experiment, load_experiment
-from pix2pixhd_tf.inputs import check_image_size, encode_input
+from pix2pixhd_tf.inputs import check_image_size, encode_input, from_uint8, generator_input, size_multiple, to_uint8
 from pix2pixhd_tf.options import Options
-from pix2pixhd_tf.styles import ClusterBank, SeedLike, StyleSpec, apply_style, classes_of, sample_feature_map
+from pix2pixhd_tf.styles import (
+    ClusterBank,
+    SeedLike,
+    StyleSpec,
+    apply_style,
+    classes_of,
+    sample_feature_map,
+)
 
 __all__ = [
     "Synthesizer",
@@ -95,7 +109,9 @@ class Synthesizer:
 
     @classmethod
     def from_experiment(cls, experiment: Experiment) -> Synthesizer:
-        return cls(experiment.opts, experiment.generator, experiment.encoder, experiment.clusters, experiment.cluster_file)
+        return cls(
+            experiment.opts, experiment.generator, experiment.encoder, experiment.clusters, experiment.cluster_file
+        )
 
     # ---------------------------------------------------------------- properties
     @property
@@ -105,7 +121,13 @@ class Synthesizer:
 
     @property
     def size_multiple(self) -> int:
-        return getattr(self.generator, "size_multiple", 1)
+        """Height and width must be multiples of this (the generator's `size_multiple`)."""
+        return size_multiple(self.generator)
+
+    @property
+    def feat_num(self) -> int:
+        """The feature channels G takes (0 for a model without features)."""
+        return self.opts.feat_num if self.uses_features else 0
 
     # ---------------------------------------------------------------- inputs
     def _batch(self, x: Any, spatial_ndim: int, what: str) -> tuple[np.ndarray, bool]:
@@ -137,7 +159,7 @@ class Synthesizer:
     @staticmethod
     def _float_image(image: np.ndarray) -> np.ndarray:
         if image.dtype == np.uint8:
-            return image.astype(np.float32) / 127.5 - 1.0
+            return from_uint8(image).numpy()
         return image.astype(np.float32)
 
     def _instance(self, instance: Any, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -188,7 +210,7 @@ class Synthesizer:
         regions = self.regions(label, instance)
         if regions.shape != image.shape[:3]:
             raise ValueError(f"the image {image.shape} and the region map {regions.shape} differ in N, H, W")
-        image = check_image_size(self._float_image(image), 2**self.opts.n_downsample_E)
+        image = check_image_size(self._float_image(image), size_multiple(self.encoder), "the encoder input")
         features = self.encoder([image, tf.constant(regions, tf.int32)], training=False).numpy()
         return features[0] if unbatched else features
 
@@ -202,6 +224,10 @@ class Synthesizer:
         strict: bool = True,
     ) -> np.ndarray:
         """A cluster centre per instance, random (seeded) or as `style` says (see `styles.sample_feature_map`).
+
+        Args:
+            seed: an int (the seed of every image), one seed per image, a numpy Generator or None; for the
+                same seeds the SavedModel's `generate_with_seed` samples the same features.
 
         Returns:
             float32 [(N,) H, W, feat_num].
@@ -257,8 +283,7 @@ class Synthesizer:
         """G's output in [-1, 1], float32 [(N,) H, W, output_nc]; see `generate`."""
         label_b, unbatched = self._label(label)
         instance_b = self._instance(instance, label_b.shape[:3])
-        input_map = encode_input(label_b, instance_b, label_nc=self.opts.label_nc, input_nc=self.opts.input_nc)
-        input_map = check_image_size(input_map, self.size_multiple)
+        conditioning = encode_input(label_b, instance_b, label_nc=self.opts.label_nc, input_nc=self.opts.input_nc)
         if self.uses_features:
             if features is None:
                 features = self.sample_features(label_b, instance_b, seed=seed, style=style)
@@ -267,16 +292,10 @@ class Synthesizer:
             features = _to_numpy(features).astype(np.float32)
             if features.ndim == 3:
                 features = features[None]
-            expected = (*input_map.shape[:3], self.opts.feat_num)
-            if features.shape != expected:
-                raise ValueError(
-                    f"features have shape {features.shape}; this model needs {expected} (N, H, W, feat_num)"
-                )
-            input_map = tf.concat([input_map, features], axis=-1)
         elif features is not None or style is not None:
             self._require_features("generate with features or a style")
-        output = self.generator(input_map, training=False)
-        output = tf.cast(output, tf.float32).numpy()
+        x = generator_input(conditioning, features, feat_num=self.feat_num, size_multiple=self.size_multiple)
+        output = tf.cast(self.generator(x, training=False), tf.float32).numpy()
         return output[0] if unbatched else output
 
     def generate(
@@ -300,7 +319,7 @@ class Synthesizer:
             ValueError: sizes not multiples of the generator's `size_multiple`, missing instance map, label ids
                 out of range (tf.errors.InvalidArgumentError), features for a model without them, or a wrong shape.
         """
-        return visualize.tensor_to_uint8(self.generate_float(label, instance, features, seed=seed, style=style))
+        return to_uint8(self.generate_float(label, instance, features, seed=seed, style=style)).numpy()
 
     def class_variants(
         self, label: Any, instance: Any, class_id: int, *, seed: SeedLike = 0
@@ -346,12 +365,6 @@ class TestResult:
     unmatched_style: tuple[list[int], list[int]]  # spec instance/class ids that matched no image
 
 
-def _label_visual(label: np.ndarray, opts: Options) -> np.ndarray:
-    if opts.label_nc == 0:
-        return visualize.tensor_to_uint8(label)
-    return visualize.colorize_labels(label, label_nc=opts.label_nc)
-
-
 def run_test(
     opts: Options,
     *,
@@ -365,17 +378,14 @@ def run_test(
     Writes `{results_dir}/{name}/{phase}_{which_epoch}/images/NAME_{input_label,synthesized_image,real_image}.png`
     (real_image when `{phase}_img` exists) and `index.html` there (label | generated | real).
 
-    Feature models: each instance gets a cluster of its class, sampled with (seed, image index), then
+    Feature models: each instance gets a cluster of its class, sampled with seed `seed + i` for the i-th
+    image (`styles.image_seeds`; the SavedModel's `generate_with_seed` with that seed gives the same image), then
     `style` overrides; with `opts.use_encoded_image` E encodes the real image instead (and `style` still
     overrides). Spec entries are matched per image; entries that match no image are reported (logged).
 
     Raises:
         ValueError: a style or --use_encoded_image for a model without features, a bad spec, ...
     """
-    from tqdm import tqdm
-
-    from pix2pixhd_tf.data.dataset import build_dataset, list_dataset_files
-
     synth = Synthesizer.from_checkpoint(opts, cluster_file=cluster_file)
     if style and not synth.uses_features:
         raise ValueError(
@@ -387,8 +397,9 @@ def run_test(
         style.validate(label_nc=opts.label_nc, feat_num=opts.feat_num, bank=synth.clusters)
 
     test_opts = opts.replace(batchSize=1, serial_batches=True, no_flip=True, load_features=False)
-    files = list_dataset_files(test_opts, require_images=opts.use_encoded_image)
+    files = list_dataset_files(DatasetLayout.of(test_opts), phase=opts.phase, require_images=opts.use_encoded_image)
     dataset = build_dataset(test_opts, training=False, with_paths=True, files=files)
+    palette = ClassTable.for_dataset(opts.dataroot, opts.label_nc).palette
     web_dir = os.path.join(opts.results_dir, opts.name, f"{opts.phase}_{opts.which_epoch}")
     image_dir = os.path.join(web_dir, "images")
     rows, seen = [], []
@@ -405,12 +416,12 @@ def run_test(
                 if style:
                     features = synth.apply_style(features, label, instance, style, strict=False)
             else:
-                features = synth.sample_features(label, instance, seed=(seed, i), style=style, strict=False)
+                features = synth.sample_features(label, instance, seed=seed + i, style=style, strict=False)
         generated = synth.generate(label, instance, features)
         name = os.path.splitext(os.path.basename(batch["path"][0].numpy().decode()))[0]
         row = {"name": name}
         visuals = {
-            "label": ("input_label", _label_visual(label[0], opts)),
+            "label": ("input_label", visualize.input_visual(label[0], palette)),
             "generated": ("synthesized_image", generated[0]),
         }
         if "image" in batch:
@@ -435,4 +446,3 @@ def run_test(
                 ", ".join(map(str, present[:50])),
             )
     return TestResult(web_dir, index, rows, unmatched)
-

@@ -6,78 +6,17 @@ both show the same label | generated | real layout.
 
 from __future__ import annotations
 
-import colorsys
 import html
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-# Colours of the 35 Cityscapes labelIds (cityscapesScripts `helpers/labels.py`, ids 0..33), plus id 34
-# for the license plate (labelId -1 there), coloured like a car as pix2pixHD's own 35-colour map does.
-CITYSCAPES_PALETTE: np.ndarray = np.array(
-    [
-        (0, 0, 0),
-        (0, 0, 0),
-        (0, 0, 0),
-        (0, 0, 0),
-        (0, 0, 0),
-        (111, 74, 0),
-        (81, 0, 81),
-        (128, 64, 128),
-        (244, 35, 232),
-        (250, 170, 160),
-        (230, 150, 140),
-        (70, 70, 70),
-        (102, 102, 156),
-        (190, 153, 153),
-        (180, 165, 180),
-        (150, 100, 100),
-        (150, 120, 90),
-        (153, 153, 153),
-        (153, 153, 153),
-        (250, 170, 30),
-        (220, 220, 0),
-        (107, 142, 35),
-        (152, 251, 152),
-        (70, 130, 180),
-        (220, 20, 60),
-        (255, 0, 0),
-        (0, 0, 142),
-        (0, 0, 70),
-        (0, 60, 100),
-        (0, 0, 90),
-        (0, 0, 110),
-        (0, 80, 100),
-        (0, 0, 230),
-        (119, 11, 32),
-        (0, 0, 142),
-    ],
-    dtype=np.uint8,
-)
+from pix2pixhd_tf.data.classes import ClassTable
 
 HTML_COLUMNS = ("name", "label", "generated", "real")
-
-
-def distinct_palette(n: int) -> np.ndarray:
-    """`n` deterministic, well-separated colours [n, 3] uint8; id 0 (void) is black.
-
-    Hues advance by the golden angle, so neighbouring ids differ strongly, and brightness and saturation
-    cycle through three levels so that ids far apart with similar hues still differ.
-    """
-    colours = [(0, 0, 0)]
-    for i in range(1, n):
-        hue = (i * 0.618033988749895) % 1.0
-        saturation = (0.95, 0.65, 0.8)[i % 3]
-        value = (0.95, 0.8, 0.6)[(i // 3) % 3]
-        colours.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)))
-    return np.array(colours[:n], dtype=np.uint8).reshape(n, 3)
-
-
-def default_palette(label_nc: int) -> np.ndarray:
-    """The Cityscapes colours for `label_nc` 35, else `distinct_palette(label_nc)`."""
-    return CITYSCAPES_PALETTE.copy() if label_nc == 35 else distinct_palette(label_nc)
 
 
 def colorize_labels(label: Any, palette: np.ndarray | None = None, *, label_nc: int = 35) -> np.ndarray:
@@ -85,7 +24,8 @@ def colorize_labels(label: Any, palette: np.ndarray | None = None, *, label_nc: 
 
     Args:
       label: integer ids [H, W] (or [H, W, 1]).
-      palette: uint8 [N, 3] colours by id; defaults to `default_palette(label_nc)`.
+      palette: uint8 [N, 3] colours by id; defaults to `ClassTable.for_label_nc(label_nc).palette` (Cityscapes
+        for 35); a dataset's own colours are `ClassTable.for_dataset(dataroot, label_nc).palette`.
       label_nc: the number of classes, used only to pick the default palette.
 
     Returns:
@@ -99,7 +39,7 @@ def colorize_labels(label: Any, palette: np.ndarray | None = None, *, label_nc: 
         label = label[..., 0]
     if label.ndim != 2:
         raise ValueError(f"expected a label map [H, W], got shape {label.shape}")
-    palette = default_palette(label_nc) if palette is None else np.asarray(palette, dtype=np.uint8)
+    palette = ClassTable.for_label_nc(label_nc).palette if palette is None else np.asarray(palette, dtype=np.uint8)
     if label.size and (label.min() < 0 or label.max() >= len(palette)):
         raise ValueError(f"label ids span [{label.min()}, {label.max()}] but the palette has {len(palette)} colours")
     return palette[label.astype(np.int64)]
@@ -109,6 +49,13 @@ def tensor_to_uint8(image: Any) -> np.ndarray:
     """Map a generator output in [-1, 1] (any shape, numpy or tensor) to uint8 0..255, clipping outliers."""
     image = np.asarray(image, dtype=np.float32)
     return np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def input_visual(label: Any, palette: np.ndarray) -> np.ndarray:
+    """G's input map as a picture: label ids [H, W] coloured by `palette` (the dataset's
+    `ClassTable.for_dataset(...).palette`), an input image [H, W, C] in [-1, 1] (label_nc 0) as it is."""
+    label = np.asarray(label)
+    return colorize_labels(label, palette) if label.ndim == 2 else tensor_to_uint8(label)
 
 
 def _as_rgb(cell: np.ndarray) -> np.ndarray:

@@ -42,7 +42,8 @@ def test_flops_of_hand_computable_convs():
 
 
 def test_flops_of_convs_run_as_matmuls():
-    from pix2pixhd_tf.networks.layers import MATMUL_CONV_MIN_CHANNELS, ResnetBlock
+    from pix2pixhd_tf.networks.fast_ops import MATMUL_CONV_MIN_CHANNELS
+    from pix2pixhd_tf.networks.layers import ResnetBlock
 
     c = MATMUL_CONV_MIN_CHANNELS
     inputs = keras.Input((4, 6, c))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pix2pixhd_tf.data import files as file_lib
 from pix2pixhd_tf.data import transforms
-from pix2pixhd_tf.data.dataset import DatasetError, build_dataset, list_dataset_files, output_size
+from pix2pixhd_tf.data.dataset import DatasetError, DatasetLayout, build_dataset, list_dataset_files, output_size
 from pix2pixhd_tf.options import Options
 
 H, W = 32, 64
@@ -51,6 +51,11 @@ def opts_for(root, **kw):
     defaults = dict(dataroot=str(root), label_nc=35, batchSize=2, resize_or_crop="crop", fineSize=32, loadSize=64)
     defaults.update(kw)
     return Options(**defaults)
+
+
+def files_of(opts, **kw):
+    """The files the options train on."""
+    return list_dataset_files(DatasetLayout.of(opts), phase=opts.phase, **kw)
 
 
 def batches(dataset):
@@ -175,8 +180,11 @@ def test_same_seed_same_batches_and_epochs_differ(city):
                 np.testing.assert_array_equal(x[k], y[k])
     flat = lambda e: np.concatenate([x["instance"].ravel() for x in e])  # noqa: E731
     assert not np.array_equal(flat(epochs_a[0]), flat(epochs_a[1]))
-    other = batches(build_dataset(opts.replace(seed=8), with_paths=True))
+    other = batches(build_dataset(opts, seed=8, with_paths=True))
     assert not np.array_equal(flat(epochs_a[0]), flat(other))
+    for x, y in zip(other, batches(build_dataset(opts.replace(seed=8), with_paths=True))):  # seed= is opts.seed
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
 
 
 def test_shards_are_disjoint_halves(tmp_path):
@@ -189,17 +197,27 @@ def test_shards_are_disjoint_halves(tmp_path):
         assert len(paths) == 3  # per-replica batch 1
         seen.append(set(paths))
     assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == {p.encode() for p in list_dataset_files(opts).label_paths}
+    assert seen[0] | seen[1] == {p.encode() for p in files_of(opts).label_paths}
 
 
 def test_serial_batches_keep_order_and_max_dataset_size(city):
     opts = opts_for(city, serial_batches=True, batchSize=1, max_dataset_size=3)
     paths = [b["path"][0] for b in batches(build_dataset(opts, with_paths=True))]
-    assert paths == [p.encode() for p in list_dataset_files(opts).label_paths]
+    assert paths == [p.encode() for p in files_of(opts).label_paths]
     assert len(paths) == 3
 
 
 # Layouts and formats ----------------------------------------------------------------------------------------
+
+
+def test_an_explicit_layout_lists_what_it_names(tmp_path):
+    root = make_cityscapes(str(tmp_path), n=3, phase="val")
+    files = list_dataset_files(DatasetLayout(root, label_nc=35, instances=False, max_dataset_size=2), phase="val")
+    assert (len(files), files.phase, files.instance, files.feat) == (2, "val", None, None)
+    assert [os.path.basename(f.path) for f in files.image] == [f"{_stem(i)}_leftImg8bit.png" for i in range(2)]
+    assert DatasetLayout(root, 0, feat_num=3).folders("val") == {
+        "label": "val_A", "instance": "val_inst", "image": "val_B", "feat": "val_feat"
+    }  # fmt: skip
 
 
 def test_label_nc_0_uses_A_and_B(tmp_path):
@@ -219,7 +237,9 @@ def test_label_nc_0_uses_A_and_B(tmp_path):
 def test_test_phase_without_images(tmp_path):
     root = make_cityscapes(str(tmp_path), n=3, phase="test", with_images=False)
     opts = opts_for(root, phase="test", resize_or_crop="none")
-    assert list_dataset_files(opts).image is None
+    assert files_of(opts).image is None
+    train_opts = opts_for(root, resize_or_crop="none")  # phase "train": phase= picks the folders
+    assert len(batches(build_dataset(train_opts, phase="test", training=False))) == 2
     got = batches(build_dataset(opts, training=False, with_paths=True))
     assert [len(b["path"]) for b in got] == [2, 1]  # no drop_remainder at test time
     assert set(got[0]) == {"label", "instance", "path"}
@@ -235,7 +255,7 @@ def test_palette_labels_and_pil_fallback(tmp_path):
     palette.putpalette([(7 * k + 3) % 256 for k in range(768)])
     palette.save(os.path.join(root, "train_label", f"{_stem(0)}_gtFine_labelIds.png"))
     opts = opts_for(root, resize_or_crop="none", serial_batches=True, no_flip=True)
-    files = list_dataset_files(opts)
+    files = files_of(opts)
     assert [f.decode for f in files.label] == [file_lib.DECODE_PIL, file_lib.DECODE_PNG8]
     assert [f.decode for f in files.instance] == [file_lib.DECODE_PNG16] * 2
     (b,) = batches(build_dataset(opts, files=files))
@@ -265,7 +285,7 @@ def test_feature_maps(tmp_path, fmt):
         np.testing.assert_allclose(b["feat"][..., :3], b["image"], atol=1e-6)  # same crop, flip, values
     if fmt == "png":
         with pytest.raises(DatasetError, match="feat_num"):
-            list_dataset_files(opts.replace(feat_num=4))
+            files_of(opts.replace(feat_num=4))
 
 
 # Errors ---------------------------------------------------------------------------------------------------
@@ -274,21 +294,21 @@ def test_feature_maps(tmp_path, fmt):
 def test_missing_and_empty_folders(tmp_path):
     root = make_cityscapes(str(tmp_path), n=2)
     with pytest.raises(DatasetError, match="train_feat.*--load_features"):
-        list_dataset_files(opts_for(root, load_features=True))
+        files_of(opts_for(root, load_features=True))
     with pytest.raises(DatasetError, match="val_label"):
-        list_dataset_files(opts_for(root, phase="val"))
+        files_of(opts_for(root, phase="val"))
     os.makedirs(os.path.join(root, "train_feat"))
     with pytest.raises(DatasetError, match="train_feat.*holds no"):
-        list_dataset_files(opts_for(root, load_features=True))
+        files_of(opts_for(root, load_features=True))
     with pytest.raises(DatasetError, match="nowhere"):
-        list_dataset_files(opts_for(os.path.join(root, "nowhere")))
+        files_of(opts_for(os.path.join(root, "nowhere")))
 
 
 def test_unequal_counts_name_the_extra_file(tmp_path):
     root = make_cityscapes(str(tmp_path), n=3)
     os.remove(os.path.join(root, "train_inst", f"{_stem(1)}_gtFine_instanceIds.png"))
     with pytest.raises(DatasetError, match=f"has 3 files.*has 2.*{_stem(1)}_gtFine_labelIds.png"):
-        list_dataset_files(opts_for(root))
+        files_of(opts_for(root))
 
 
 def test_unpaired_names(tmp_path):
@@ -298,7 +318,7 @@ def test_unpaired_names(tmp_path):
         os.path.join(root, "train_img", "bochum_000000_000019_leftImg8bit.png"),
     )
     with pytest.raises(DatasetError, match="bochum_000000_000019_leftImg8bit.png.*do not correspond"):
-        list_dataset_files(opts_for(root))
+        files_of(opts_for(root))
 
 
 def test_size_mismatch(tmp_path):
@@ -306,7 +326,7 @@ def test_size_mismatch(tmp_path):
     bad = os.path.join(root, "train_inst", f"{_stem(1)}_gtFine_instanceIds.png")
     Image.fromarray(np.zeros((H, W + 2), np.uint16)).save(bad)
     with pytest.raises(DatasetError, match=f"is {W}x{H} but {bad} is {W + 2}x{H}"):
-        list_dataset_files(opts_for(root))
+        files_of(opts_for(root))
 
 
 def test_label_ids_out_of_range(tmp_path):
@@ -317,7 +337,7 @@ def test_label_ids_out_of_range(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"{bad} has id 40 >= --label_nc=35: set --label_nc"):
         batches(build_dataset(opts))
     with pytest.raises(DatasetError, match=f"{bad} has id 40"):
-        list_dataset_files(opts, deep_check=True)
+        files_of(opts, deep_check=True)
 
 
 def test_corrupt_files(tmp_path):
@@ -326,10 +346,10 @@ def test_corrupt_files(tmp_path):
     data = open(bad, "rb").read()
     open(bad, "wb").write(data[: len(data) // 2])  # truncated
     with pytest.raises(DatasetError, match=f"Cannot read {bad}.*corrupt"):
-        list_dataset_files(opts_for(root))
+        files_of(opts_for(root))
     open(bad, "wb").write(b"not an image at all")
     with pytest.raises(DatasetError, match=f"Cannot read {bad}"):
-        list_dataset_files(opts_for(root))
+        files_of(opts_for(root))
 
 
 def test_rgb_or_jpeg_label_maps_are_refused(tmp_path):
@@ -337,7 +357,7 @@ def test_rgb_or_jpeg_label_maps_are_refused(tmp_path):
     bad = os.path.join(root, "train_label", f"{_stem(0)}_gtFine_labelIds.png")
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(bad)
     with pytest.raises(DatasetError, match=f"{bad} has PIL mode 'RGB'.*single-channel"):
-        list_dataset_files(opts_for(root))
+        files_of(opts_for(root))
 
 
 def test_batch_larger_than_dataset(tmp_path):

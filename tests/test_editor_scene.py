@@ -6,21 +6,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pix2pixhd_tf.data.classes import SYNTHETIC, ClassTable
 from pix2pixhd_tf.data.synthetic import CAR, PERSON, ROAD, SIDEWALK, SKY, UNLABELED
 from pix2pixhd_tf.editor.scene import (
-    ClassTable,
     Limits,
     Scene,
     SceneError,
     derive_instances,
     encode_id_png,
+    eraser_class,
     load_uploads,
     read_id_png,
     stroke_mask,
 )
 from pix2pixhd_tf.styles import ClusterBank
 
-CLASSES = ClassTable.for_model(9)  # the synthetic classes: person (7) and car (8) are things
+CLASSES = SYNTHETIC  # person (7) and car (8) are things
 BANK = ClusterBank(np.arange(9 * 3 * 3, dtype=np.float32).reshape(9, 3, 3) / 100.0, np.full(9, 3))
 
 
@@ -47,11 +48,12 @@ def png(array: np.ndarray, mode: str | None = None) -> bytes:
 
 
 def test_class_table_knows_synthetic_and_cityscapes_classes():
-    assert CLASSES.names[CAR] == "car" and CLASSES.things == {PERSON, CAR} and CLASSES.eraser == UNLABELED
-    cityscapes = ClassTable.for_model(35)
+    assert CLASSES.names[CAR] == "car" and CLASSES.things == {PERSON, CAR} and eraser_class(CLASSES) == UNLABELED
+    cityscapes = ClassTable.for_dataset(None, 35)
     assert cityscapes.names[26] == "car" and cityscapes.is_thing(26) and not cityscapes.is_thing(7)
-    generic = ClassTable.for_model(5, thing_classes=[3])
-    assert generic.names[3] == "class 3" and generic.things == {3} and len(generic.colors) == 5
+    generic = ClassTable.for_dataset(None, 5).with_things([3])
+    assert generic.names[3] == "class 3" and generic.things == {3} and len(generic.palette) == 5
+    assert eraser_class(ClassTable.generic(3).with_things([0, 2])) == 1  # the void class is a thing: next stuff
 
 
 def test_stroke_mask_is_a_capsule_clipped_to_the_image():
@@ -256,7 +258,7 @@ def test_byte_limit_is_checked_before_decoding():
 
 
 def test_new_object_ids_must_fit_a_16_bit_instance_map():
-    classes = ClassTable.for_model(70, thing_classes=[65, 69])
+    classes = ClassTable.generic(70).with_things([65, 69])
     label = np.zeros((8, 8), np.int32)
     scene = Scene(label, label, classes)
     assert scene.add_object([[2, 2]], 65, 1).selected == 65000

@@ -13,10 +13,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pix2pixhd_tf.evaluation import protocol as evaluation
-from pix2pixhd_tf.evaluation import metrics
-from pix2pixhd_tf.evaluation import segmenter
 from pix2pixhd_tf.data.files import DatasetError
+from pix2pixhd_tf.evaluation import metrics, readers, segmenter
+from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.flags import parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = np.array([[60, 60, 60], [220, 60, 60], [60, 200, 60]], np.float32)  # class colours
@@ -254,7 +254,7 @@ def test_missing_segmenter_empty_folder_and_unknown_metric(dataset, tmp_path):
     with pytest.raises(evaluation.EvaluationError, match="--segmenter"):
         evaluation.evaluate(root, root / "results", label_nc=NUM_CLASSES, metrics=["seg"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(evaluation.EmptyFolderError, match="empty"):
+    with pytest.raises(readers.EmptyFolderError, match="empty"):
         evaluation.evaluate(root, tmp_path / "empty", label_nc=NUM_CLASSES, metrics=["swd"])
     with pytest.raises(evaluation.EvaluationError, match="unknown metrics"):
         evaluation.evaluate(root, root / "results", label_nc=NUM_CLASSES, metrics=["psnr"])
@@ -285,9 +285,10 @@ def test_colour_label_map_is_rejected(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "label.png")
     with pytest.raises(evaluation.EvaluationError, match="one class id per pixel"):
         evaluation.read_label(tmp_path / "label.png")
-    assert evaluation.parse_size("512x1024") == (512, 1024) and evaluation.parse_size("") is None
-    with pytest.raises(evaluation.EvaluationError, match="HEIGHTxWIDTH"):
-        evaluation.parse_size("512")
+    assert parse_size("512x1024") == (512, 1024) and parse_size(" 256 X 512 ") == (256, 512)
+    for bad in ("512", "", "0x512", "-1x2", "axb"):  # '' too: flags where '' means "no size" check it first
+        with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+            parse_size(bad)
 
 
 # ----------------------------------------------------------------------------------------------------

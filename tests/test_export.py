@@ -1,4 +1,4 @@
-"""SavedModel / TF Serving / TFLite export (pix2pixhd_tf/export.py, tools/export.py, export/).
+"""SavedModel / TF Serving / TFLite export (pix2pixhd_tf/serving/, tools/export.py, export/).
 
 Three tiny models are exported once per module: a feature model with encoder and cluster bank, an RGB
 input (label_nc 0) local generator without instances, and a load_features model exported without a bank.
@@ -28,9 +28,11 @@ import tensorflow as tf
 from PIL import Image
 
 from pix2pixhd_tf import networks
-from pix2pixhd_tf.serving import saved_model as export
 from pix2pixhd_tf.inputs import encode_input
 from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.serving import endpoints, tflite
+from pix2pixhd_tf.serving import saved_model as export
+from pix2pixhd_tf.styles import ClusterBank, sample_features_graph
 from pix2pixhd_tf.visualize import tensor_to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,20 +321,20 @@ def test_saved_model_cli_lists_signatures(exported):
 
 
 def _bank():
-    return export.DenseClusterBank(CENTERS, COUNTS)
+    return ClusterBank(CENTERS, COUNTS)
 
 
 def test_serving_default_matches_keras_with_sampled_styles(exported):
     opts, G, _ = exported.nets["feat"]
     seed0 = np.zeros(2, np.int32)
-    features = export.sample_features(exported.instance, seed0, _bank(), feat_num=3).numpy()
+    features = sample_features_graph(exported.instance, seed0, _bank(), feat_num=3).numpy()
     expected = tensor_to_uint8(_keras_image(G, opts, exported.label, exported.instance, features))
     _close_uint8(_output(exported, "feat_default"), expected)
 
 
 def test_generate_with_seed_uses_one_seed_per_example(exported):
     opts, G, _ = exported.nets["feat"]
-    features = export.sample_features(exported.instance, exported.seed, _bank(), feat_num=3).numpy()
+    features = sample_features_graph(exported.instance, exported.seed, _bank(), feat_num=3).numpy()
     expected = tensor_to_uint8(_keras_image(G, opts, exported.label, exported.instance, features))
     seeded = _output(exported, "feat_seed")
     _close_uint8(seeded, expected)
@@ -447,11 +449,11 @@ def test_bank_must_fit_the_model(exported):
 def test_signature_inputs_follow_the_options(extra, expected):
     """The other option combinations, checked on the specs (no export needed)."""
     opts = Options(**{**TINY, **extra})
-    endpoints = export._Endpoints(opts, networks.build_generator(opts), networks.build_encoder(opts), None)
-    specs = {name: [s.name for s in spec] for name, (_, spec) in endpoints.signatures().items()}
+    graph = endpoints.Endpoints(opts, networks.build_generator(opts), networks.build_encoder(opts), None)
+    specs = {name: [s.name for s in spec] for name, (_, spec) in graph.signatures().items()}
     assert specs == expected
     if opts.label_nc == 0:
-        assert endpoints.label_spec().shape.as_list() == [None, None, None, 1]
+        assert graph.label_spec().shape.as_list() == [None, None, None, 1]
 
 
 # ------------------------------------------------------------------------------------ style sampling
@@ -460,7 +462,7 @@ def test_signature_inputs_follow_the_options(extra, expected):
 def test_sampled_features_come_from_the_bank():
     _, instance = _maps()
     instance[0, 0, 0] = 77  # a class outside the bank: zero features
-    feats = export.sample_features(instance, np.array([3, 3], np.int32), _bank(), feat_num=3).numpy()
+    feats = sample_features_graph(instance, np.array([3, 3], np.int32), _bank(), feat_num=3).numpy()
     for b in range(2):
         for region in np.unique(instance[b]):
             mask = instance[b] == region
@@ -473,7 +475,7 @@ def test_sampled_features_come_from_the_bank():
                 assert any(np.array_equal(vectors[0], c) for c in CENTERS[cls, : COUNTS[cls]])
     # Same seed and id -> same style, whatever else is in the image or the batch position.
     np.testing.assert_array_equal(feats[0][instance[0] == 1001][0], feats[1][instance[1] == 1001][0])
-    alone = export.sample_features(np.full((1, 4, 4), 1002, np.int32), np.array([3], np.int32), _bank(), feat_num=3)
+    alone = sample_features_graph(np.full((1, 4, 4), 1002, np.int32), np.array([3], np.int32), _bank(), feat_num=3)
     np.testing.assert_array_equal(alone.numpy()[0, 0, 0], feats[0][instance[0] == 1002][0])
 
 
@@ -481,15 +483,15 @@ def test_sampling_covers_every_cluster_and_depends_on_the_seed():
     ids = (1000 + np.arange(256, dtype=np.int32)).reshape(1, 16, 16)  # 256 instances of class 1 (4 clusters)
     chosen = {}
     for seed in (0, 1):
-        feats = export.sample_features(ids, np.array([seed], np.int32), _bank(), feat_num=3).numpy().reshape(-1, 3)
+        feats = sample_features_graph(ids, np.array([seed], np.int32), _bank(), feat_num=3).numpy().reshape(-1, 3)
         chosen[seed] = np.array([int(np.argmin(np.abs(CENTERS[1] - f).sum(1))) for f in feats])
         assert np.all(np.bincount(chosen[seed], minlength=4) > 30)
     assert np.mean(chosen[0] != chosen[1]) > 0.5
 
 
 def test_cluster_bank_formats():
-    dense = export.resolve_cluster_bank((CENTERS, COUNTS))
-    assert export.resolve_cluster_bank(dense) is dense
+    bank = export.resolve_cluster_bank((CENTERS, COUNTS))
+    assert export.resolve_cluster_bank(bank) is bank
     assert export.resolve_cluster_bank({"centers": CENTERS, "counts": COUNTS}).counts.tolist() == COUNTS.tolist()
     assert export.resolve_cluster_bank(None) is None
     styles = pytest.importorskip("pix2pixhd_tf.styles")
@@ -584,28 +586,28 @@ def test_tflite_variants_match_keras(exported, tmp_path, capsys):
     per channel (step = max|w|/127) and quantises activations on the fly, ~1% of each range (max < 0.1,
     mean < 0.02, measured ~2e-2 and ~3e-3). The uint8 image of float32 is within one level."""
     opts, G, _ = exported.nets["feat"]
-    paths = export.export_tflite(opts, str(tmp_path), size=(H, W), generator=G)
-    assert set(paths) == set(export.TFLITE_VARIANTS)
+    paths = tflite.export_tflite(opts, str(tmp_path), size=(H, W), generator=G)
+    assert set(paths) == set(tflite.TFLITE_VARIANTS)
     label, instance = exported.label[:1], exported.instance[:1]
     features = exported.features[:1]
     reference = _keras_image(G, opts, label, instance, features)
     for variant, path in paths.items():
-        out = export.run_tflite(path, {"label": label, "instance": instance, "features": features})
+        out = tflite.run_tflite(path, {"label": label, "instance": instance, "features": features})
         assert out["image_float"].shape == (1, H, W, 3) and out["image"].dtype == np.uint8
         diff = np.abs(out["image_float"] - reference)
         assert diff.max() < TFLITE_MAX_ABS[variant], (variant, diff.max())
         assert diff.mean() < TFLITE_MEAN_ABS[variant], (variant, diff.mean())
         if variant == "float32":
             _close_uint8(out["image"], tensor_to_uint8(reference))
-        stats = export.benchmark_tflite(path, runs=2)
+        stats = tflite.benchmark_tflite(path, runs=2)
         assert stats["size_mb"] > 0 and stats["median_ms"] > 0
     assert "CPU latency" in capsys.readouterr().out
     with pytest.raises(ValueError, match="multiples of 4"):
-        export.export_tflite(opts, str(tmp_path), size=(H, 22), generator=G)
+        tflite.export_tflite(opts, str(tmp_path), size=(H, 22), generator=G)
 
 
 def test_tflite_of_a_wide_generator_whose_blocks_run_as_matmuls(tmp_path):
-    """512-channel residual blocks take the im2col matmul path (layers.padded_conv2d): it converts,
+    """512-channel residual blocks take the im2col matmul path (fast_ops.padded_conv2d): it converts,
     quantises (dynamic range covers the matmul's weights) and gives Keras' image. Four downsamplings and
     wider layers add more int8 rounding than the tiny generator: dynamic range is held to the bounds the
     full G1 meets in benchmarks/results_cpu.md (max 0.34, mean 0.043; measured here ~0.17 and ~0.028)."""
@@ -615,11 +617,11 @@ def test_tflite_of_a_wide_generator_whose_blocks_run_as_matmuls(tmp_path):
     G = networks.build_generator(opts)
     label, instance = _maps(1, 32, 48)
     reference = _keras_image(G, opts, label, instance)
-    paths = export.export_tflite(opts, str(tmp_path), size=(32, 48), generator=G, variants=("float32", "dynamic_range"))
+    paths = tflite.export_tflite(opts, str(tmp_path), size=(32, 48), generator=G, variants=("float32", "dynamic_range"))
     float_size, quantised_size = (os.path.getsize(paths[v]) for v in ("float32", "dynamic_range"))
     assert quantised_size < 0.3 * float_size  # the block weights (most of the model) are stored as int8
     for variant, path in paths.items():
-        diff = np.abs(export.run_tflite(path, {"label": label, "instance": instance})["image_float"] - reference)
+        diff = np.abs(tflite.run_tflite(path, {"label": label, "instance": instance})["image_float"] - reference)
         assert diff.max() < bounds[variant][0], (variant, diff.max())
         assert diff.mean() < bounds[variant][1], (variant, diff.mean())
 
@@ -657,10 +659,12 @@ def test_cli_exports_a_checkpoint(tmp_path):
     image = model.signatures["serving_default"](label=tf.constant(label), instance=tf.constant(instance))[
         "image"
     ].numpy()
-    features = export.sample_features(instance, np.zeros(2, np.int32), _bank(), feat_num=3).numpy()
+    features = sample_features_graph(instance, np.zeros(2, np.int32), _bank(), feat_num=3).numpy()
     _close_uint8(image, tensor_to_uint8(_keras_image(G, opts, label, instance, features)))
 
-    tflite = out / "tflite" / "1" / f"tiny_{H}x{W}_float32.tflite"
-    result = export.run_tflite(str(tflite), {"label": label[:1], "instance": instance[:1], "features": features[:1]})
+    tflite_file = out / "tflite" / "1" / f"tiny_{H}x{W}_float32.tflite"
+    result = tflite.run_tflite(
+        str(tflite_file), {"label": label[:1], "instance": instance[:1], "features": features[:1]}
+    )
     reference = _keras_image(G, opts, label[:1], instance[:1], features[:1])
     assert np.abs(result["image_float"] - reference).max() < TFLITE_MAX_ABS["float32"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2pixhd_tf import inputs
+from pix2pixhd_tf import inputs, visualize
 from pix2pixhd_tf.training.model import Pix2PixHD
 from tests.helpers import random_batch, tiny_options
 
@@ -123,3 +123,45 @@ def test_generate_raises_for_sizes_that_cannot_round_trip(overrides, multiple):
         multiple * 2,
         3,
     )
+
+
+def test_generator_input_appends_checked_features():
+    conditioning = inputs.encode_input(np.zeros((2, 8, 12), np.int32), np.zeros((2, 8, 12), np.int32), label_nc=3)
+    features = np.random.default_rng(0).uniform(-1, 1, (2, 8, 12, 3)).astype(np.float32)
+    x = inputs.generator_input(conditioning, features, feat_num=3, size_multiple=4)
+    np.testing.assert_array_equal(x, tf.concat([conditioning, features], -1))
+    assert inputs.generator_input(conditioning, None, size_multiple=4) is not None
+    with pytest.raises(ValueError, match=r"the generator input size 8x12 is not divisible by 8"):
+        inputs.generator_input(conditioning, features, feat_num=3, size_multiple=8)
+    with pytest.raises(ValueError, match="trained without --instance_feat/--label_feat, so it takes no features"):
+        inputs.generator_input(conditioning, features, size_multiple=4)
+    with pytest.raises(ValueError, match=r"needs a feature map \[N, H, W, 3\]"):
+        inputs.generator_input(conditioning, None, feat_num=3, size_multiple=4)
+    with pytest.raises(ValueError, match=r"features have shape \(2, 8, 12, 2\); this model needs \(2, 8, 12, 3\)"):
+        inputs.generator_input(conditioning, features[..., :2], feat_num=3, size_multiple=4)
+    # Dynamic shapes (the SavedModel): the checks run in the graph and name what is wrong.
+    traced = tf.function(
+        lambda c, f: inputs.generator_input(c, f, feat_num=3, size_multiple=4),
+        input_signature=[tf.TensorSpec([None, None, None, 4]), tf.TensorSpec([None, None, None, 3])],
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the features and the label map must have the same"):
+        traced(conditioning, features[:, :4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the generator input height and width must be multiples"):
+        traced(conditioning[:, :6], features[:, :6])
+
+
+def test_label_and_instance_maps_must_match():
+    with pytest.raises(ValueError, match="the label and instance maps must have the same batch size, height and width"):
+        inputs.encode_input(np.zeros((1, 8, 8), np.int32), np.zeros((1, 8, 4), np.int32), label_nc=3)
+
+
+def test_uint8_conversions_are_the_pipelines():
+    image = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    unit = inputs.from_uint8(image)
+    np.testing.assert_array_equal(unit, image.astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_array_equal(inputs.to_uint8(unit), image)
+    outputs = np.linspace(-1.2, 1.2, 1001, dtype=np.float32)  # includes half-way values and outliers
+    np.testing.assert_array_equal(inputs.to_uint8(outputs), visualize.tensor_to_uint8(outputs))
+    # label_nc 0: a uint8 input image is normalised like the data pipeline's images.
+    rgb = np.random.default_rng(0).integers(0, 256, (1, 4, 4, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(inputs.encode_input(rgb, None, label_nc=0), inputs.from_uint8(rgb))

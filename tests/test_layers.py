@@ -9,8 +9,9 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 
+from pix2pixhd_tf.networks import GlobalGenerator, NLayerDiscriminator
+from pix2pixhd_tf.networks.fast_ops import MATMUL_CONV_MIN_CHANNELS
 from pix2pixhd_tf.networks.layers import (
-    MATMUL_CONV_MIN_CHANNELS,
     AvgPoolExcludePad,
     InstanceAveragePool,
     InstanceNormalization,
@@ -20,7 +21,6 @@ from pix2pixhd_tf.networks.layers import (
     conv,
     instance_norm,
 )
-from pix2pixhd_tf.networks import GlobalGenerator, NLayerDiscriminator
 from tests.helpers import config_round_trip
 
 rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pix2pixhd_tf.networks import layers
+from pix2pixhd_tf.networks import fast_ops
 from pix2pixhd_tf.training import losses
 from pix2pixhd_tf.training.model import D_LOSSES, G_LOSSES, ImagePool, Pix2PixHD
 from tests.helpers import (
@@ -157,7 +157,7 @@ def test_train_step_updates_large_kernels_in_place():
     large = [
         v
         for v in model.all_generator_variables + model.discriminator.trainable_variables
-        if v.shape.num_elements() * 4 >= layers.IN_PLACE_UPDATE_MIN_BYTES
+        if v.shape.num_elements() * 4 >= fast_ops.IN_PLACE_UPDATE_MIN_BYTES
     ]
     assert len(large) >= 8
 

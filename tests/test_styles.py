@@ -1,17 +1,22 @@
-"""The cluster bank, k-means per class, sampling and style specs (pure numpy: no networks here)."""
+"""The cluster bank, k-means per class, sampling and style specs (no networks here)."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from benchmarks.style_report import cluster_purity, mode_recovery
 from pix2pixhd_tf.styles import (
     ClusterBank,
     StyleSpec,
     apply_style,
     class_of,
+    classes_of,
+    classes_of_graph,
+    image_seeds,
     keep_instance,
     sample_feature_map,
+    sample_features_graph,
 )
-from benchmarks.style_report import cluster_purity, mode_recovery
 from pix2pixhd_tf.styles.encoding import InstanceFeatures, cluster_features, region_features
 
 LABEL_NC, FEAT_NUM = 9, 3
@@ -98,10 +103,11 @@ def test_bank_errors_say_what_exists(tmp_path):
 
 def test_sample_picks_valid_centres_and_zero_for_classes_without_clusters():
     bank = make_bank()
-    rng = np.random.default_rng(0)
-    picks = {tuple(bank.sample(8, rng)) for _ in range(60)}
+    regions = np.concatenate([8000 + np.arange(60), [5]]).reshape(1, 61)  # 60 cars and class 5 (no clusters)
+    features = sample_feature_map(regions, bank, seed=0)[0]
+    picks = {tuple(f) for f in features[:60]}
     assert picks == {tuple(c) for c in bank.centers[8, :3]}  # uniform over the 3 valid rows, never row 3
-    np.testing.assert_array_equal(bank.sample(5, rng), np.zeros(FEAT_NUM))
+    np.testing.assert_array_equal(features[60], np.zeros(FEAT_NUM))
     np.testing.assert_array_equal(bank.assign(8, bank.centers[8, [2, 0, 1]] + 1e-3), [2, 0, 1])
 
 
@@ -109,7 +115,9 @@ def test_sample_picks_valid_centres_and_zero_for_classes_without_clusters():
 
 
 def test_class_of_and_area_threshold():
-    assert [class_of(i) for i in (0, 7, 999, 1000, 8001, 26123)] == [0, 7, 999, 1, 8, 26]
+    ids = (0, 7, 999, 1000, 8001, 26123)
+    assert [class_of(i) for i in ids] == [0, 7, 999, 1, 8, 26]
+    assert classes_of(ids).tolist() == classes_of_graph(tf.constant(ids)).numpy().tolist() == [0, 7, 999, 1, 8, 26]
     # Official: keep num / (h*w // 32) > 0.5. For 32x64, h*w//32 = 64: more than 32 pixels.
     assert not keep_instance(32, 32, 64) and keep_instance(33, 32, 64)
 
@@ -183,10 +191,49 @@ def test_sampling_is_deterministic_and_stable_under_edits():
     edited[edited == 8000] = 2
     b = sample_feature_map(edited, bank, seed=3)
     np.testing.assert_array_equal(b[regions != 8000], a[regions != 8000])
-    # Batches: image n uses (seed, n), so batch[1] differs from batch[0] for the same map.
+    # Batches: an int is the seed of every image; a sequence gives one seed per image (the SavedModel's input).
     batch = sample_feature_map(np.stack([regions, regions]), bank, seed=3)
     np.testing.assert_array_equal(batch[0], a)
-    assert not np.array_equal(batch[1], a)
+    np.testing.assert_array_equal(batch[1], a)
+    batch = sample_feature_map(np.stack([regions, regions]), bank, seed=[3, 4])
+    np.testing.assert_array_equal(batch[0], a)
+    np.testing.assert_array_equal(batch[1], seeds[4])
+
+
+def test_numpy_and_graph_twins_draw_the_same_features():
+    bank = make_bank()
+    regions = np.stack([scene(), scene()[:, ::-1]])
+    regions[1, :2, :3] = 8007  # an instance only in the second image
+    regions[0, 0, 0] = 5  # a class without clusters: zeros in both
+    for seeds in ([0, 0], [3, 11], [2**31 - 1, 12345]):
+        graph = sample_features_graph(regions, np.array(seeds, np.int32), bank, feat_num=FEAT_NUM).numpy()
+        np.testing.assert_array_equal(sample_feature_map(regions, bank, seed=seeds), graph)
+    # Inside a traced function too (as in the SavedModel), with dynamic shapes.
+    traced = tf.function(
+        lambda r, s: sample_features_graph(r, s, bank, feat_num=FEAT_NUM),
+        input_signature=[tf.TensorSpec([None, None, None], tf.int32), tf.TensorSpec([None], tf.int32)],
+    )
+    np.testing.assert_array_equal(
+        traced(regions.astype(np.int32), np.array([3, 11], np.int32)).numpy(),
+        sample_feature_map(regions, bank, seed=[3, 11]),
+    )
+
+
+def test_seeds_map_onto_the_saved_models_int32_seeds():
+    assert image_seeds(7, 3).tolist() == [7, 7, 7] and image_seeds(7, 3).dtype == np.int32
+    assert image_seeds([1, 2], 2).tolist() == [1, 2]
+    assert image_seeds(2**31 + 5, 1).tolist() == [5]  # larger seeds (the editor's) fold into int32
+    np.testing.assert_array_equal(image_seeds(np.random.default_rng(4), 3), image_seeds(np.random.default_rng(4), 3))
+    assert image_seeds(None, 2).shape == (2,)
+    with pytest.raises(ValueError, match="2 seeds for a batch of 3 images"):
+        image_seeds([1, 2], 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        image_seeds(-1, 1)
+    bank, regions = make_bank(), scene()
+    np.testing.assert_array_equal(
+        sample_feature_map(regions, bank, seed=np.random.default_rng(4)),
+        sample_feature_map(regions, bank, seed=int(image_seeds(np.random.default_rng(4), 1)[0])),
+    )
 
 
 def test_style_for_one_instance_changes_only_its_pixels():

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pix2pixhd_tf.data import synthetic as syn
+from pix2pixhd_tf.data.classes import SYNTHETIC
 
 H, W = 64, 128
 SETTINGS = dict(n_train=4, n_test=2, height=H, width=W, seed=0, progress=False)
@@ -37,11 +38,11 @@ def _touching_pairs(instance):
 
 
 def test_constants():
-    assert syn.LABEL_NC == len(syn.CLASS_NAMES) == 9
-    assert syn.CLASS_NAMES[0] == "unlabeled"
-    assert [syn.CLASS_NAMES[c] for c in syn.THING_CLASSES] == ["person", "car"]
-    assert syn.PALETTE.shape == (9, 3) and syn.PALETTE.dtype == np.uint8
-    assert set(syn.MODES) == set(syn.CLASS_NAMES[1:])
+    assert SYNTHETIC.label_nc == len(SYNTHETIC.names) == 9
+    assert SYNTHETIC.names[0] == "unlabeled"
+    assert [SYNTHETIC.names[c] for c in sorted(SYNTHETIC.things)] == ["person", "car"]
+    assert SYNTHETIC.palette.shape == (9, 3) and SYNTHETIC.palette.dtype == np.uint8
+    assert set(syn.MODES) == set(SYNTHETIC.names[1:])
     assert all(len(modes) >= 2 for modes in syn.MODES.values())
     assert len(syn.MODES["car"]) == 6
 
@@ -105,10 +106,10 @@ def test_layout_and_dtypes_on_disk(dataset):
 def test_instance_ids_follow_cityscapes_rule():
     for scene in _scenes(6):
         label, inst = scene.label.astype(np.int32), scene.instance
-        thing = np.isin(label, syn.THING_CLASSES)
+        thing = np.isin(label, sorted(SYNTHETIC.things))
         assert np.array_equal(inst[thing] // 1000, label[thing])
         assert np.array_equal(inst[~thing], label[~thing])
-        for cls in syn.THING_CLASSES:  # k = 0, 1, 2, ... without gaps
+        for cls in sorted(SYNTHETIC.things):  # k = 0, 1, 2, ... without gaps
             ids = np.unique(inst[label == cls])
             assert ids.tolist() == [cls * 1000 + k for k in range(len(ids))]
             assert all(syn.class_of_instance(int(i)) == cls for i in ids)
@@ -119,7 +120,7 @@ def test_touching_same_class_instances_and_all_classes_appear():
     assert sum(len(_touching_pairs(s.instance)) for s in scenes) >= 3
     assert sum(bool(_touching_pairs(s.instance)) for s in scenes) >= 3
     present = set(itertools.chain.from_iterable(np.unique(s.label).tolist() for s in scenes))
-    assert present >= set(range(1, syn.LABEL_NC))
+    assert present >= set(range(1, SYNTHETIC.label_nc))
 
 
 def test_car_paint_modes_are_distinguishable():
@@ -146,9 +147,9 @@ def test_meta_json(dataset):
     with open(os.path.join(root, "meta.json")) as f:
         on_disk = json.load(f)
     assert on_disk == meta
-    assert meta["class_names"] == list(syn.CLASS_NAMES) and meta["label_nc"] == 9
+    assert meta["class_names"] == list(SYNTHETIC.names) and meta["label_nc"] == 9
     assert meta["thing_classes"] == [7, 8]
-    assert meta["palette"] == syn.PALETTE.tolist()
+    assert meta["palette"] == SYNTHETIC.palette.tolist()
     assert (meta["height"], meta["width"], meta["seed"]) == (H, W, 0)
     assert meta["counts"] == {"train": 4, "test": 2}
     assert meta["modes"]["car"][0] == {"name": syn.MODES["car"][0].name, "rgb": list(syn.MODES["car"][0].rgb)}
@@ -162,7 +163,7 @@ def test_meta_json(dataset):
     for r in record["instances"]:
         assert r["mode"] == scene.modes[r["id"]]
         assert r["mode_name"] == syn.MODES[r["class"]][r["mode"]].name
-        assert r["class"] == syn.CLASS_NAMES[r["label"]]
+        assert r["class"] == SYNTHETIC.names[r["label"]]
 
 
 def test_ensure_reuses_an_existing_dataset(tmp_path):

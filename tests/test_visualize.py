@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from pix2pixhd_tf import visualize as vis
-from pix2pixhd_tf.data.synthetic import PALETTE
+from pix2pixhd_tf.data.classes import CITYSCAPES, SYNTHETIC, ClassTable, distinct_palette
+
+PALETTE = SYNTHETIC.palette
 
 
 def test_cityscapes_palette_by_label_id():
@@ -20,24 +22,24 @@ def test_cityscapes_palette_by_label_id():
         [(220, 20, 60), (0, 0, 142), (119, 11, 32)],
     ]
     assert rgb.tolist() == [[list(c) for c in row] for row in expected]
-    assert vis.CITYSCAPES_PALETTE.shape == (35, 3)
-    assert vis.CITYSCAPES_PALETTE[:5].sum() == 0 and vis.CITYSCAPES_PALETTE[34].tolist() == [0, 0, 142]
+    assert CITYSCAPES.palette.shape == (35, 3)
+    assert CITYSCAPES.palette[:5].sum() == 0 and CITYSCAPES.palette[34].tolist() == [0, 0, 142]
 
 
 def test_explicit_and_distinct_palettes():
     label = np.arange(9).reshape(3, 3)
     assert np.array_equal(vis.colorize_labels(label, PALETTE), PALETTE[label])
     assert np.array_equal(vis.colorize_labels(label[..., None], PALETTE), PALETTE[label])  # [H, W, 1]
-    assert np.array_equal(vis.colorize_labels(label, label_nc=9), vis.distinct_palette(9)[label])
+    assert np.array_equal(vis.colorize_labels(label, label_nc=9), distinct_palette(9)[label])
 
-    palette = vis.distinct_palette(20)
+    palette = distinct_palette(20)
     assert palette.shape == (20, 3) and palette.dtype == np.uint8
     assert palette[0].tolist() == [0, 0, 0]
-    assert np.array_equal(palette, vis.distinct_palette(20))
-    assert np.array_equal(vis.distinct_palette(40)[:20], palette)  # growing n keeps existing colours
+    assert np.array_equal(palette, distinct_palette(20))
+    assert np.array_equal(distinct_palette(40)[:20], palette)  # growing n keeps existing colours
     d = np.linalg.norm(palette[:, None].astype(float) - palette[None].astype(float), axis=-1) + np.eye(20) * 1e9
     assert d.min() > 40
-    assert np.array_equal(vis.default_palette(35), vis.CITYSCAPES_PALETTE)
+    assert np.array_equal(ClassTable.for_label_nc(35).palette, CITYSCAPES.palette)
 
 
 def test_colorize_rejects_ids_outside_the_palette():
@@ -51,6 +53,13 @@ def test_tensor_to_uint8():
     x = np.array([-1.0, -0.5, 0.0, 1.0, 1.7, -3.0], np.float32)
     assert vis.tensor_to_uint8(x).tolist() == [0, 64, 128, 255, 255, 0]
     assert vis.tensor_to_uint8(np.zeros((2, 4, 5, 3))).shape == (2, 4, 5, 3)
+
+
+def test_input_visual_colours_ids_and_shows_images():
+    label = np.arange(9).reshape(3, 3)
+    assert np.array_equal(vis.input_visual(label, PALETTE), PALETTE[label])
+    rgb = np.full((3, 3, 3), -1.0, np.float32)  # label_nc 0: the input is an image
+    assert np.array_equal(vis.input_visual(rgb, ClassTable.for_label_nc(0).palette), np.zeros((3, 3, 3), np.uint8))
 
 
 def test_image_grid():

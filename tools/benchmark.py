@@ -14,17 +14,21 @@ two-scale D. See benchmarks/README.md for what the figures mean and how to repro
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
-from benchmarks import harness as benchmark
+# The harness lives in benchmarks/ beside its results, outside the installed package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness as benchmark  # noqa: E402
+from pix2pixhd_tf.flags import parse_size  # noqa: E402
 
 flags.DEFINE_list("suites", list(benchmark.SUITES), f"Suites to run: any of {', '.join(benchmark.SUITES)}.")
 flags.DEFINE_list("sizes", ["256x512"], "Image sizes HEIGHTxWIDTH for the generator, tflite and torch suites.")
 flags.DEFINE_list("nets", list(benchmark.NETS), "Generators: global (G1, ngf 64) and/or local (ngf 32, one enhancer).")
 flags.DEFINE_list("train_sizes", [], "Training sizes (default: the smallest of --sizes).")
 flags.DEFINE_list("train_nets", ["global"], "Generators to train (global and/or local).")
-flags.DEFINE_integer("batch_size", 1, "Training batch size.")
+flags.DEFINE_integer("batchSize", 1, "Training batch size (the train suite).")
 flags.DEFINE_list("vgg", ["off", "on"], "Train without (off) and/or with (on) the VGG19 loss (random weights).")
 flags.DEFINE_list("xla", ["off", "on"], "Train step without (off) and/or with (on) tf.function(jit_compile=True).")
 flags.DEFINE_list(
@@ -51,7 +55,7 @@ flags.DEFINE_bool(
 )
 FLAGS = flags.FLAGS
 _SETTINGS = (
-    "suites", "sizes", "nets", "train_sizes", "train_nets", "batch_size", "vgg", "xla", "onednn", "generator_modes",
+    "suites", "sizes", "nets", "train_sizes", "train_nets", "batchSize", "vgg", "xla", "onednn", "generator_modes",
     "tflite_variants", "runs", "warmup", "matmul_n", "matmul_runs", "max_load", "isolate", "tiny", "merge",
 )  # fmt: skip
 
@@ -69,13 +73,13 @@ def main(argv):
     del argv
     cases = benchmark.plan_cases(
         FLAGS.suites,
-        [benchmark.parse_size(s) for s in FLAGS.sizes],
+        [parse_size(s) for s in FLAGS.sizes],
         FLAGS.nets,
         FLAGS.runs,
         FLAGS.warmup,
-        train_sizes=[benchmark.parse_size(s) for s in FLAGS.train_sizes] or None,
+        train_sizes=[parse_size(s) for s in FLAGS.train_sizes] or None,
         train_nets=FLAGS.train_nets,
-        batch=FLAGS.batch_size,
+        batch=FLAGS.batchSize,
         vgg=_switches(FLAGS.vgg, "vgg"),
         xla=_switches(FLAGS.xla, "xla"),
         onednn=FLAGS.onednn,

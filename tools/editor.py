@@ -34,9 +34,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    opts = options_from_flags(phase=FLAGS.phase if FLAGS["phase"].present else "test")
+    opts = options_from_flags()
     server = build_editor(
         opts,
+        phase=FLAGS.phase if FLAGS["phase"].present else "test",
         saved_model=FLAGS.saved_model or None,
         serving_url=FLAGS.serving_url or None,
         cluster_file=FLAGS.cluster_path if FLAGS["cluster_path"].present else None,

@@ -4,13 +4,14 @@
 
 Writes `{checkpoints_dir}/{name}/clusters.npz` (or --clusters_out), which tools/test.py, the editor and
 the exporter sample styles from. Instances larger than h*w/64 pixels are clustered by k-means per class,
---n_clusters per class at most (see `pix2pixhd_tf/styles.py` for the file format and the official rules).
+--n_clusters per class at most (`pix2pixhd_tf/styles/encoding.py`; the file format is in `styles/bank.py`).
 """
 
 from absl import app, flags
 
 from pix2pixhd_tf.flags import define_flags, options_from_flags
-from pix2pixhd_tf.styles import default_cluster_file, encode_features
+from pix2pixhd_tf.styles import default_cluster_file
+from pix2pixhd_tf.styles.encoding import encode_features
 
 define_flags()
 flags.DEFINE_string(

@@ -6,13 +6,14 @@ Example (Cityscapes results of tools/test.py, PSPNet-like segmenter exported as 
       --results_dir=results/label2city_1024p/test_latest/images --segmenter=segmenters/cityscapes \
       --label_mapping=cityscapes --metrics=seg,fid,kid,swd --phase2=train --output=report.json
 
-Writes report.json and report.md (also printed). See pix2pixhd_tf/evaluation.py for the protocol.
+Writes report.json and report.md (also printed). See pix2pixhd_tf/evaluation/protocol.py for the protocol.
 """
 
 from absl import app, flags
 
-from pix2pixhd_tf.evaluation import protocol as evaluation
 from pix2pixhd_tf.evaluation import metrics
+from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.flags import parse_size
 
 flags.DEFINE_string("dataroot", "./datasets/cityscapes/", "Data set root ({phase}_label, {phase}_img).")
 flags.DEFINE_string("phase", "test", "Split holding the label maps and real images.")
@@ -42,7 +43,7 @@ flags.DEFINE_integer("swd_repeats", 4, "SWD: repeats with fresh directions.")
 flags.DEFINE_integer("swd_min_size", 16, "SWD: smallest pyramid level side.")
 flags.DEFINE_integer("kid_subsets", 100, "KID: number of subsets.")
 flags.DEFINE_integer("kid_subset_size", 1000, "KID: subset size (at most the image count).")
-flags.DEFINE_integer("batch_size", 16, "Images per InceptionV3 call.")
+flags.DEFINE_integer("feature_batch", 16, "FID/KID: images per InceptionV3 call.")
 flags.DEFINE_integer("seed", 0, "Seed of the SWD patches and directions and the KID subsets.")
 flags.DEFINE_string("output", "report.json", "JSON report path; the Markdown goes beside it (.md).")
 FLAGS = flags.FLAGS
@@ -67,7 +68,7 @@ def main(argv):
         ignore_index=FLAGS.ignore_index,
         inception_weights=None if FLAGS.inception_weights == "none" else FLAGS.inception_weights,
         generated_suffix=FLAGS.generated_suffix,
-        eval_size=evaluation.parse_size(FLAGS.eval_size),
+        eval_size=parse_size(FLAGS.eval_size) if FLAGS.eval_size else None,
         reference_dir=reference_dir,
         swd_config=metrics.SWDConfig(
             patches_per_image=FLAGS.swd_patches_per_image,
@@ -78,7 +79,7 @@ def main(argv):
         ),
         kid_subsets=FLAGS.kid_subsets,
         kid_subset_size=FLAGS.kid_subset_size,
-        batch_size=FLAGS.batch_size,
+        feature_batch=FLAGS.feature_batch,
     )
     print(evaluation.write_report(report, FLAGS.output))
 

@@ -15,8 +15,9 @@ batch 1, generator only) go to `{export_dir}/tflite/{version}/`. See export/READ
 
 from absl import app, flags
 
-from pix2pixhd_tf.serving.saved_model import TFLITE_VARIANTS, export_model, parse_size
-from pix2pixhd_tf.flags import define_flags, options_from_flags
+from pix2pixhd_tf.flags import define_flags, options_from_flags, parse_size
+from pix2pixhd_tf.serving.saved_model import export_model
+from pix2pixhd_tf.serving.tflite import TFLITE_VARIANTS
 
 define_flags()
 flags.DEFINE_string("export_dir", None, "The model's base path for TF Serving: versions go to export_dir/<version>/.")

@@ -11,7 +11,7 @@ train with --load_features (e.g. a local generator on top of the global model's 
 from absl import app, flags
 
 from pix2pixhd_tf.flags import define_flags, options_from_flags
-from pix2pixhd_tf.styles import precompute_feature_maps
+from pix2pixhd_tf.styles.encoding import precompute_feature_maps
 
 define_flags()
 flags.DEFINE_enum("feat_format", "npy", ["npy", "png"], "npy: exact float32 maps; png: the official 8-bit format.")

@@ -23,7 +23,12 @@ from pix2pixhd_tf.styles import StyleSpec
 
 define_flags()
 flags.DEFINE_string("style_spec", "", "JSON file of chosen styles per instance id / class (feature models).")
-flags.DEFINE_integer("sample_seed", 0, "Seed for sampling one cluster per instance (with the image index).")
+flags.DEFINE_integer(
+    "sample_seed",
+    0,
+    "Seed of the sampled styles: the i-th image uses sample_seed + i, as the SavedModel's generate_with_seed does "
+    "with that seed.",
+)
 FLAGS = flags.FLAGS
 
 

@@ -6,13 +6,13 @@ Example (the built-in synthetic scenes, a few minutes on a CPU):
       --output=checkpoints/segmenter
 
 --output ending in .keras saves a Keras file, anything else a SavedModel directory; both are accepted by
-tools/evaluate.py --segmenter. See pix2pixhd_tf/segmenter.py.
+tools/evaluate.py --segmenter. See pix2pixhd_tf/evaluation/segmenter.py.
 """
 
 from absl import app, flags
 
-from pix2pixhd_tf.evaluation import protocol as evaluation
 from pix2pixhd_tf.evaluation import segmenter
+from pix2pixhd_tf.flags import parse_size
 
 flags.DEFINE_string("dataroot", "./datasets/cityscapes/", "Data set root ({phase}_label, {phase}_img).")
 flags.DEFINE_string("phase", "train", "Split to train on.")
@@ -37,7 +37,7 @@ def main(argv):
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batchSize,
         learning_rate=FLAGS.lr,
-        image_size=evaluation.parse_size(FLAGS.image_size),
+        image_size=parse_size(FLAGS.image_size) if FLAGS.image_size else None,
         base_filters=FLAGS.base_filters,
         depth=FLAGS.depth,
         seed=FLAGS.seed,

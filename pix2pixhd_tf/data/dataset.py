@@ -1,7 +1,7 @@
 """The tf.data input pipeline: batches of {'label', 'instance', 'image', 'feat', 'path'} dictionaries.
 
-    files = list_dataset_files(opts)                  # checks everything it can without decoding
-    dataset = build_dataset(opts, training=True)      # or with files=files, input_context=...
+    files = list_dataset_files(DatasetLayout.of(opts), phase="train")  # checks all it can without decoding
+    dataset = build_dataset(opts, training=True)       # or with files=files, input_context=, seed= ...
 
 Each element is a batch of dicts:
 
@@ -29,11 +29,12 @@ Decisions:
     there); both raise DatasetError naming the file. Damage inside the compressed data of a complete file
     is only found by decoding: `deep_check=True` finds it up front; otherwise TF's decoder fails during
     training (PIL-decoded files name the file, tf.io decoders do not).
-  * Randomness: the order comes from `shuffle(seed=opts.seed, reshuffle_each_iteration=True)` and every
+  * Randomness: the order comes from `shuffle(seed=seed, reshuffle_each_iteration=True)` and every
     sample's crop offset and flip from stateless ops seeded by (a number from
-    `Dataset.random(seed=opts.seed, rerandomize_each_iteration=True)`, the sample's index). Two datasets
-    built with the same options give the same batches, every epoch differs from the last, and the parallel
-    map is deterministic (`deterministic=True`).
+    `Dataset.random(seed=seed, rerandomize_each_iteration=True)`, the sample's index), `seed` being
+    `build_dataset`'s argument (default opts.seed). Two datasets built with the same options and seed give
+    the same batches, every epoch differs from the last, and the parallel map is deterministic
+    (`deterministic=True`).
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ from pix2pixhd_tf.data.files import (
     DECODE_PNG16,
     DatasetError,
     DatasetFiles,
+    DatasetLayout,
     corrupt_message,
-    folder_names,
     label_range_message,
     list_dataset_files,
 )
 from pix2pixhd_tf.options import Options
 
-__all__ = ["DatasetError", "DatasetFiles", "build_dataset", "list_dataset_files", "output_size"]
+__all__ = ["DatasetError", "DatasetFiles", "DatasetLayout", "build_dataset", "list_dataset_files", "output_size"]
 
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -69,6 +70,7 @@ def build_dataset(
     opts: Options,
     *,
     phase: str | None = None,
+    seed: int | None = None,
     training: bool = True,
     input_context: tf.distribute.InputContext | None = None,
     with_paths: bool = False,
@@ -80,14 +82,16 @@ def build_dataset(
     Args:
       opts: the options (dataroot, label_nc, batchSize, loadSize, fineSize, resize_or_crop, no_flip,
         serial_batches, max_dataset_size, nThreads, seed, no_instance, load_features, ...).
-      phase: overrides `opts.phase`.
+      phase: the folder prefix (train, test ...; default `opts.phase`); ignored when `files` are given.
+      seed: the seed of the order, crops and flips (default `opts.seed`; the trainer passes one per epoch).
       training: random crops, flips (unless --no_flip), shuffling (unless --serial_batches) and
         drop_remainder; the image folder must exist. Otherwise centred crops, no flip, keep every sample.
       input_context: from `strategy.distribute_datasets_from_function`: this pipeline reads its shard of the
         files and yields per-replica batches of `input_context.get_per_replica_batch_size(opts.batchSize)`.
       with_paths: add 'path' (the label file of each sample).
       repeat: repeat forever (each pass reshuffled and re-augmented).
-      files: already listed files (e.g. from `list_dataset_files(..., deep_check=True)`); listed if None.
+      files: already listed files (e.g. from `list_dataset_files(..., deep_check=True)`); if None, the files
+        of `DatasetLayout.of(opts)` and `phase` are listed.
 
     Returns:
       A dataset of batches of dicts, as described in the module docstring.
@@ -97,10 +101,12 @@ def build_dataset(
         samples whose transformed sizes differ when batches have more than one sample.
     """
     require_images = training or opts.use_encoded_image
+    seed = opts.seed if seed is None else seed
+    layout = DatasetLayout.of(opts)
     if files is None:
-        files = list_dataset_files(opts, phase, require_images=require_images)
+        files = list_dataset_files(layout, phase=phase or opts.phase, require_images=require_images)
     if require_images and files.image is None:
-        folder = os.path.join(files.root, folder_names(opts, files.phase)["image"])
+        folder = os.path.join(files.root, layout.folders(files.phase)["image"])
         raise DatasetError(f"Missing image folder {folder!r}: training and --use_encoded_image need real images.")
     image_channels = {"output_nc": opts.output_nc, **({"input_nc": opts.input_nc} if opts.label_nc == 0 else {})}
     for name, channels in image_channels.items():
@@ -143,10 +149,10 @@ def build_dataset(
     if num_shards > 1:
         elements = elements.shard(num_shards, shard)
     if training and not opts.serial_batches:
-        elements = elements.shuffle(shard_size, seed=opts.seed, reshuffle_each_iteration=True)
+        elements = elements.shuffle(shard_size, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         elements = elements.repeat()
-    randoms = tf.data.Dataset.random(seed=opts.seed, rerandomize_each_iteration=True)
+    randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     dataset = tf.data.Dataset.zip((elements, randoms))
 
     load = _SampleLoader(opts, files, training=training, with_paths=with_paths, static_size=static_size)

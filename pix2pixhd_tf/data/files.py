@@ -87,46 +87,71 @@ class DatasetFiles:
         return [(f.width, f.height) for f in self.label]
 
 
-def folder_names(opts: Options, phase: str) -> dict[str, str]:
-    """The folder of each kind of file: {'label': 'train_label', 'instance': ..., 'image': ..., 'feat': ...}."""
-    names = {"label": f"{phase}_A" if opts.label_nc == 0 else f"{phase}_label"}
-    if not opts.no_instance:
-        names["instance"] = f"{phase}_inst"
-    names["image"] = f"{phase}_B" if opts.label_nc == 0 else f"{phase}_img"
-    if opts.load_features:
-        names["feat"] = f"{phase}_feat"
-    return names
+@dataclasses.dataclass(frozen=True)
+class DatasetLayout:
+    """Where the files of a dataset lie and what they hold, in the official folder layout.
+
+    Folders of a phase: `{dataroot}/{phase}_label` (label ids; with `label_nc` 0 the RGB input images of
+    `{phase}_A`), `{phase}_inst` when `instances`, `{phase}_img` (`{phase}_B`) and, when `feat_num` > 0,
+    `{phase}_feat` with feature maps of `feat_num` channels (--load_features).
+    """
+
+    dataroot: str
+    label_nc: int
+    instances: bool = True
+    feat_num: int = 0
+    max_dataset_size: int = 2**31 - 1  # use the first this many samples in sorted order
+
+    @classmethod
+    def of(cls, opts: Options) -> DatasetLayout:
+        """The layout the options train on: --dataroot, --label_nc, --no_instance, --load_features (with
+        --feat_num) and --max_dataset_size."""
+        return cls(
+            dataroot=opts.dataroot,
+            label_nc=opts.label_nc,
+            instances=not opts.no_instance,
+            feat_num=opts.feat_num if opts.load_features else 0,
+            max_dataset_size=opts.max_dataset_size,
+        )
+
+    def folders(self, phase: str) -> dict[str, str]:
+        """The folder of each kind of file: {'label': 'train_label', 'instance': ..., 'image': ..., 'feat': ...}."""
+        names = {"label": f"{phase}_A" if self.label_nc == 0 else f"{phase}_label"}
+        if self.instances:
+            names["instance"] = f"{phase}_inst"
+        names["image"] = f"{phase}_B" if self.label_nc == 0 else f"{phase}_img"
+        if self.feat_num:
+            names["feat"] = f"{phase}_feat"
+        return names
 
 
 def list_dataset_files(
-    opts: Options, phase: str | None = None, *, require_images: bool = False, deep_check: bool = False
+    layout: DatasetLayout, *, phase: str, require_images: bool = False, deep_check: bool = False
 ) -> DatasetFiles:
-    """Finds and pairs the files of `phase` (default `opts.phase`) and checks them before any training.
+    """Finds and pairs the files of `phase` and checks them before any training.
 
     Args:
-      opts: the options; uses dataroot, phase, label_nc, no_instance, load_features, feat_num, output_nc,
-        input_nc and max_dataset_size.
-      phase: overrides `opts.phase`.
+      layout: the dataset's root and folders (`DatasetLayout.of(opts)` for the options' own).
+      phase: the folder prefix: train, val, test ...
       require_images: fail when the image folder (`{phase}_img` / `{phase}_B`) is missing; otherwise a
         missing image folder (inference without real images) gives `image=None`.
       deep_check: also decode every file with PIL (catches any corrupt file and label ids >= label_nc now
         instead of during training; costs a full decoding pass).
 
     Returns:
-      The paired files, at most `opts.max_dataset_size` of them (the first ones in sorted order).
+      The paired files, at most `layout.max_dataset_size` of them (the first ones in sorted order).
 
     Raises:
       DatasetError: a folder is missing or empty, counts differ, names do not correspond, a file is not a
         readable image, sizes of a sample differ, or a file has an unsupported format; the message names the
         file(s) and the fix.
     """
-    phase = phase or opts.phase
-    root = opts.dataroot
+    root = layout.dataroot
     if not os.path.isdir(root):
         raise DatasetError(
             f"Dataset root {root!r} does not exist: set --dataroot to the folder holding {phase}_label etc."
         )
-    names = folder_names(opts, phase)
+    names = layout.folders(phase)
 
     listed: dict[str, list[str]] = {}
     for kind, name in names.items():
@@ -149,9 +174,9 @@ def list_dataset_files(
         if kind != "label" and len(paths) != len(listed["label"]):
             raise DatasetError(_count_message(label_folder, listed["label"], os.path.join(root, names[kind]), paths))
 
-    n = min(len(listed["label"]), max(0, opts.max_dataset_size))
+    n = min(len(listed["label"]), max(0, layout.max_dataset_size))
     if n == 0:
-        raise DatasetError(f"--max_dataset_size={opts.max_dataset_size} leaves no samples in {label_folder!r}.")
+        raise DatasetError(f"--max_dataset_size={layout.max_dataset_size} leaves no samples in {label_folder!r}.")
     listed = {kind: paths[:n] for kind, paths in listed.items()}
 
     for kind, paths in listed.items():
@@ -166,10 +191,10 @@ def list_dataset_files(
                     f"Rename or remove the unpaired file."
                 )
 
-    infos = {kind: tuple(_read_header(p, kind, opts) for p in paths) for kind, paths in listed.items()}
+    infos = {kind: tuple(_read_header(p, kind, layout) for p in paths) for kind, paths in listed.items()}
     _check_sizes(infos)
     if "feat" in infos:
-        _check_feature_format(infos["feat"], opts)
+        _check_feature_format(infos["feat"], layout.feat_num)
     files = DatasetFiles(
         root=root,
         phase=phase,
@@ -179,7 +204,7 @@ def list_dataset_files(
         feat=infos.get("feat"),
     )
     if deep_check:
-        check_contents(files, opts)
+        check_contents(files, label_nc=layout.label_nc)
     return files
 
 
@@ -194,7 +219,7 @@ def pairing_key(path: str, folder: str) -> str:
     return os.path.join(head, stem)
 
 
-def check_contents(files: DatasetFiles, opts: Options) -> None:
+def check_contents(files: DatasetFiles, *, label_nc: int) -> None:
     """Decodes every file with PIL: raises DatasetError naming any corrupt file or label id >= label_nc."""
     for kind in ("label", "instance", "image", "feat"):
         for info in getattr(files, kind) or ():
@@ -211,8 +236,8 @@ def check_contents(files: DatasetFiles, opts: Options) -> None:
                     pixels = np.asarray(im)
             except Exception as e:  # PIL raises many types (OSError, SyntaxError, zlib.error ...).
                 raise DatasetError(corrupt_message(info.path, e)) from e
-            if kind == "label" and opts.label_nc > 0 and pixels.size and int(pixels.max()) >= opts.label_nc:
-                raise DatasetError(label_range_message(info.path, int(pixels.max()), opts.label_nc))
+            if kind == "label" and label_nc > 0 and pixels.size and int(pixels.max()) >= label_nc:
+                raise DatasetError(label_range_message(info.path, int(pixels.max()), label_nc))
 
 
 def label_range_message(path: str, max_id: int | str, label_nc: int) -> str:
@@ -263,9 +288,9 @@ def _count_message(folder_a: str, paths_a: list[str], folder_b: str, paths_b: li
     )
 
 
-def _read_header(path: str, kind: str, opts: Options) -> FileInfo:
+def _read_header(path: str, kind: str, layout: DatasetLayout) -> FileInfo:
     if path.lower().endswith(".npy"):
-        return _read_npy_header(path, opts)
+        return _read_npy_header(path, layout.feat_num)
     try:
         with open(path, "rb") as f:
             with Image.open(f) as im:
@@ -282,7 +307,7 @@ def _read_header(path: str, kind: str, opts: Options) -> FileInfo:
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError ...).
         raise DatasetError(corrupt_message(path, e)) from e
 
-    if kind in ("label", "instance") and not (kind == "label" and opts.label_nc == 0):
+    if kind in ("label", "instance") and not (kind == "label" and layout.label_nc == 0):
         if fmt != "PNG":
             raise DatasetError(
                 f"{kind.capitalize()} map {path} is a {fmt}: lossy formats alter ids; save label and instance "
@@ -305,17 +330,17 @@ def _read_header(path: str, kind: str, opts: Options) -> FileInfo:
     return FileInfo(path, width, height, decode)
 
 
-def _read_npy_header(path: str, opts: Options) -> FileInfo:
+def _read_npy_header(path: str, feat_num: int) -> FileInfo:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         shape, dtype, fortran_order, offset = array.shape, array.dtype, np.isfortran(array), array.offset
         del array
     except Exception as e:  # truncated data raises ValueError, a bad header ValueError or OSError.
         raise DatasetError(corrupt_message(path, e)) from e
-    if dtype != np.dtype("<f4") or (fortran_order and len(shape) > 1) or len(shape) != 3 or shape[2] != opts.feat_num:
+    if dtype != np.dtype("<f4") or (fortran_order and len(shape) > 1) or len(shape) != 3 or shape[2] != feat_num:
         raise DatasetError(
             f"Feature map {path} is a {dtype} array of shape {shape}"
-            f"{' in Fortran order' if fortran_order else ''}; it must be a float32 (H, W, feat_num={opts.feat_num}) "
+            f"{' in Fortran order' if fortran_order else ''}; it must be a float32 (H, W, feat_num={feat_num}) "
             f"array: save it with np.save(path, np.ascontiguousarray(features, dtype=np.float32))."
         )
     return FileInfo(path, int(shape[1]), int(shape[0]), DECODE_NPY, offset)
@@ -333,16 +358,16 @@ def _check_sizes(infos: dict[str, tuple[FileInfo, ...]]) -> None:
                 )
 
 
-def _check_feature_format(feats: tuple[FileInfo, ...], opts: Options) -> None:
+def _check_feature_format(feats: tuple[FileInfo, ...], feat_num: int) -> None:
     npy = [f for f in feats if f.decode == DECODE_NPY]
     if npy and len(npy) != len(feats):
         other = next(f for f in feats if f.decode != DECODE_NPY)
         raise DatasetError(
             f"Feature maps mix .npy ({npy[0].path}) and image files ({other.path}): store them all one way."
         )
-    if not npy and opts.feat_num != 3:
+    if not npy and feat_num != 3:
         raise DatasetError(
             f"Feature map {feats[0].path} is an image, which holds 3 channels (as the official "
-            f"precompute_feature_maps.py writes), but --feat_num={opts.feat_num}: set --feat_num 3 or store "
-            f"float32 (H, W, {opts.feat_num}) .npy files."
+            f"precompute_feature_maps.py writes), but --feat_num={feat_num}: set --feat_num 3 or store "
+            f"float32 (H, W, {feat_num}) .npy files."
         )

@@ -10,8 +10,8 @@ Each class is drawn in one of a few clearly different appearance *modes* (asphal
 red or white or ... car paint). The mode of every instance is recorded in `meta.json`, which lets tests
 check that the encoder + k-means of the paper (Sec. 3.4) recovers real styles.
 
-Label ids (`LABEL_NC` = 9; `THING_CLASSES` = car and person get instance ids `class_id * 1000 + k`,
-stuff pixels carry their label id as instance id):
+Label ids (the `pix2pixhd_tf.data.classes.SYNTHETIC` table: 9 classes; the thing classes car and person get
+instance ids `class_id * 1000 + k`, stuff pixels carry their label id as instance id):
 
     0 unlabeled (unused)  1 sky  2 road  3 sidewalk  4 building  5 vegetation  6 pole  7 person  8 car
 
@@ -31,41 +31,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-CLASS_NAMES: tuple[str, ...] = (
-    "unlabeled",
-    "sky",
-    "road",
-    "sidewalk",
-    "building",
-    "vegetation",
-    "pole",
-    "person",
-    "car",
-)
-LABEL_NC: int = len(CLASS_NAMES)
-UNLABELED, SKY, ROAD, SIDEWALK, BUILDING, VEGETATION, POLE, PERSON, CAR = range(LABEL_NC)
-THING_CLASSES: tuple[int, ...] = (PERSON, CAR)
+from pix2pixhd_tf.data.classes import META_FILE, SYNTHETIC, read_meta
 
-# The Cityscapes colours of the same classes, so colourised maps look familiar.
-PALETTE: np.ndarray = np.array(
-    [
-        (0, 0, 0),
-        (70, 130, 180),
-        (128, 64, 128),
-        (244, 35, 232),
-        (70, 70, 70),
-        (107, 142, 35),
-        (153, 153, 153),
-        (220, 20, 60),
-        (0, 0, 142),
-    ],
-    dtype=np.uint8,
-)
+# The label ids of `SYNTHETIC.names`.
+UNLABELED, SKY, ROAD, SIDEWALK, BUILDING, VEGETATION, POLE, PERSON, CAR = range(SYNTHETIC.label_nc)
 
 # Bump when scenes change, so `ensure_synthetic_dataset` regenerates stale copies.
 GENERATOR_VERSION = 1
 PHASES = ("train", "test")
-META_FILE = "meta.json"
 
 
 class Mode(NamedTuple):
@@ -132,7 +105,7 @@ class Scene:
     """One generated scene: label ids, Cityscapes-style instance ids, the RGB image and the modes.
 
     `modes` maps every instance id present in `instance` to the index of its mode in
-    `MODES[CLASS_NAMES[class_of(id)]]`.
+    `MODES[SYNTHETIC.names[class_of(id)]]`.
     """
 
     label: np.ndarray  # [H, W] uint8
@@ -528,7 +501,7 @@ def generate_scene(rng_or_seed: np.random.Generator | int, height: int, width: i
     c = _Canvas(height, width)
     h, w, aspect = float(height), float(width), width / height
     stuff_classes = (SKY, ROAD, SIDEWALK, BUILDING, VEGETATION, POLE)
-    stuff = {cls: int(rng.integers(len(MODES[CLASS_NAMES[cls]]))) for cls in stuff_classes}  # one mode each
+    stuff = {cls: int(rng.integers(len(MODES[SYNTHETIC.names[cls]]))) for cls in stuff_classes}  # one mode each
 
     base = h * rng.uniform(0.5, 0.6)  # where the facades meet the sidewalk
     curb = base + h * rng.uniform(0.08, 0.13)  # where the sidewalk meets the road
@@ -558,7 +531,7 @@ def generate_scene(rng_or_seed: np.random.Generator | int, height: int, width: i
     def add_thing(cls: int, foot: float, draw: Callable[..., Any], *args: Any) -> None:
         temp_id = cls * 1000 + serial[cls]  # renumbered over the visible instances at the end
         serial[cls] += 1
-        thing_modes[temp_id] = int(rng.integers(len(MODES[CLASS_NAMES[cls]])))
+        thing_modes[temp_id] = int(rng.integers(len(MODES[SYNTHETIC.names[cls]])))
         add_stuff(foot, draw, thing_modes[temp_id], temp_id, *args)
 
     veg, pole = stuff[VEGETATION], stuff[POLE]
@@ -615,7 +588,7 @@ def _renumber_things(instance: np.ndarray, modes: dict[int, int]) -> tuple[np.nd
     present = np.unique(instance)
     lut = np.arange(present.max() + 1, dtype=np.int32)
     new_modes: dict[int, int] = {}
-    for cls in THING_CLASSES:
+    for cls in sorted(SYNTHETIC.things):
         ids = present[(present >= cls * 1000) & (present < (cls + 1) * 1000)]
         for k, old in enumerate(ids):
             lut[old] = cls * 1000 + k
@@ -658,9 +631,9 @@ def _scene_record(name: str, scene: Scene) -> dict[str, Any]:
             {
                 "id": instance_id,
                 "label": cls,
-                "class": CLASS_NAMES[cls],
+                "class": SYNTHETIC.names[cls],
                 "mode": mode,
-                "mode_name": MODES[CLASS_NAMES[cls]][mode].name,
+                "mode_name": MODES[SYNTHETIC.names[cls]][mode].name,
                 "pixels": area,
             }
         )
@@ -688,10 +661,10 @@ def write_synthetic_dataset(
     _check_size(height, width)
     meta: dict[str, Any] = {
         **_settings(n_train, n_test, height, width, seed),
-        "class_names": list(CLASS_NAMES),
-        "label_nc": LABEL_NC,
-        "thing_classes": list(THING_CLASSES),
-        "palette": PALETTE.tolist(),
+        "class_names": list(SYNTHETIC.names),
+        "label_nc": SYNTHETIC.label_nc,
+        "thing_classes": sorted(SYNTHETIC.things),
+        "palette": SYNTHETIC.palette.tolist(),
         "modes": {cls: [{"name": m.name, "rgb": list(m.rgb)} for m in modes] for cls, modes in MODES.items()},
         "scenes": {},
     }
@@ -732,10 +705,8 @@ def ensure_synthetic_dataset(
     Lets configs point at a synthetic dataroot without paying for regeneration on every run; a missing
     or deleted scene file also triggers a rewrite.
     """
-    meta_path = os.path.join(root, META_FILE)
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+    meta = read_meta(os.path.join(root, META_FILE))
+    if meta is not None:
         wanted = _settings(n_train, n_test, height, width, seed)
         complete = all(
             _count_scenes(folder) == count
@@ -747,3 +718,19 @@ def ensure_synthetic_dataset(
     return write_synthetic_dataset(
         root, n_train=n_train, n_test=n_test, height=height, width=width, seed=seed, progress=progress
     )
+
+
+def read_synthetic_meta(path: str) -> dict[str, Any]:
+    """The synthetic dataset's meta.json at `path`: classes, appearance modes and, per phase, every scene's
+    instances with their ground-truth mode (what `write_synthetic_dataset` returns).
+
+    Raises:
+      FileNotFoundError: there is no such file.
+      ValueError: the file is not the synthetic dataset's meta.json (no modes or scenes).
+    """
+    meta = read_meta(path)
+    if meta is None:
+        raise FileNotFoundError(f"no {path}: write the synthetic dataset with tools/make_synthetic_dataset.py")
+    if not isinstance(meta.get("modes"), dict) or not isinstance(meta.get("scenes"), dict):
+        raise ValueError(f"{path} lists no appearance modes or scenes: is it the synthetic dataset's meta.json?")
+    return meta

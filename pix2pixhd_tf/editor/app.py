@@ -53,15 +53,18 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pix2pixhd_tf.editor.backends import Backend
+from pix2pixhd_tf.data.classes import ClassTable
+from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_dataset_files
+from pix2pixhd_tf.editor.backends import Backend, make_backend
 from pix2pixhd_tf.editor.scene import (
     DEFAULT_LIMITS,
-    ClassTable,
     Limits,
     Scene,
     SceneError,
+    classes_json,
     derive_instances,
     encode_id_png,
+    eraser_class,
     load_uploads,
     validate_maps,
 )
@@ -92,23 +95,26 @@ class DatasetScenes:
         self._pairs = dict(pairs)
 
     @classmethod
-    def from_options(cls, opts, phase: str | None = None) -> DatasetScenes:
+    def from_options(cls, opts, phase: str | None = None, *, instances: bool | None = None) -> DatasetScenes:
         """The pairs of `{dataroot}/{phase}_label` and `{phase}_inst`, as the data pipeline pairs them.
+
+        Args:
+            opts: the dataset's --dataroot, --label_nc and --max_dataset_size.
+            phase: the folder prefix (default `opts.phase`).
+            instances: list `{phase}_inst` too (default: unless --no_instance).
 
         Raises:
             DatasetError: the folders are missing, empty or do not pair (the message says why).
         """
-        from pix2pixhd_tf.data.files import folder_names, list_dataset_files
-
         phase = phase or opts.phase
-        opts = opts.replace(phase=phase, load_features=False)
-        files = list_dataset_files(opts, phase)
-        label_dir = os.path.join(opts.dataroot, folder_names(opts, phase)["label"])
+        layout = _scene_layout(opts, not opts.no_instance if instances is None else instances)
+        files = list_dataset_files(layout, phase=phase)
+        label_dir = os.path.join(layout.dataroot, layout.folders(phase)["label"])
         pairs = {}
         for i, info in enumerate(files.label):
             name = os.path.relpath(info.path, label_dir).replace(os.sep, "/")
             pairs[name] = (info.path, files.instance[i].path if files.instance else None)
-        return cls(opts.dataroot, phase, pairs)
+        return cls(layout.dataroot, phase, pairs)
 
     @property
     def names(self) -> list[str]:
@@ -133,6 +139,11 @@ class DatasetScenes:
         instance = _read_ids(instance_path) if instance_path else derive_instances(label, classes.things)
         validate_maps(label, instance, label_nc=classes.label_nc, size_multiple=size_multiple)
         return label, instance
+
+
+def _scene_layout(opts, instances: bool) -> DatasetLayout:
+    """The label (+ instance) folders the editor opens scenes from: no images or feature maps needed."""
+    return DatasetLayout(opts.dataroot, opts.label_nc, instances=instances, max_dataset_size=opts.max_dataset_size)
 
 
 def _read_ids(path: str) -> np.ndarray:
@@ -265,7 +276,7 @@ def _edges(ids: np.ndarray) -> np.ndarray:
 
 def label_picture(scene: Scene) -> np.ndarray:
     """The colour-coded label map, instance boundaries darkened: uint8 [H, W, 3]."""
-    colors = scene.classes.colors[scene.label]
+    colors = scene.classes.palette[scene.label]
     edge = _edges(scene.instance)
     colors[edge] = (colors[edge] * 0.45).astype(np.uint8)
     return colors
@@ -308,14 +319,15 @@ def create_app(
 
     Args:
         backend: the model (`backends.CheckpointBackend`, `SavedModelBackend` or `RestBackend`).
-        classes: names, colours and thing classes (default `ClassTable.for_model(backend.label_nc, dataroot)`).
+        classes: names, colours and thing classes (default: `ClassTable.for_dataset` of the scenes' dataset).
         scenes: the dataset scenes that can be opened by name (None: uploads only).
         limits: the largest upload accepted.
         max_sessions: sessions kept in memory (least recently used dropped first).
     """
-    classes = classes or ClassTable.for_model(backend.label_nc, dataroot=scenes.root if scenes else None)
+    classes = classes or ClassTable.for_dataset(scenes.root if scenes else None, backend.label_nc)
     if classes.label_nc != backend.label_nc:
         raise ValueError(f"the class table has {classes.label_nc} classes, the model label_nc={backend.label_nc}")
+    eraser = eraser_class(classes)
     sessions = _Sessions(max_sessions)
     generate_lock = threading.Lock()  # one generation at a time: the CPU is the bottleneck anyway
     scene_feat_num = backend.feat_num if backend.can_choose_styles else 0
@@ -411,12 +423,12 @@ def create_app(
     @app.get("/api/config")
     def config():
         counts = backend.clusters.counts if backend.clusters is not None else np.zeros(classes.label_nc, int)
-        table = classes.to_json()
+        table = classes_json(classes)
         for row in table:
             row["clusters"] = int(counts[row["id"]]) if backend.can_choose_styles else 0
         return {
             "classes": table,
-            "eraser": classes.eraser,
+            "eraser": eraser,
             "backend": backend.info(),
             "limits": dataclasses.asdict(limits),
             "dataset": None if scenes is None else {"phase": scenes.phase, "count": len(scenes)},
@@ -585,7 +597,7 @@ class EditorServer:
     in the foreground."""
 
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import uvicorn
+        import uvicorn  # only serving needs it (the app itself runs under a TestClient without it)
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
@@ -641,20 +653,19 @@ def build_editor(
         FileNotFoundError, ValueError, RuntimeError: from the backend (no checkpoint, a bad export, an
             unreachable TF Serving) or a dataset that does not pair.
     """
-    from pix2pixhd_tf.data.files import DatasetError, folder_names
-    from pix2pixhd_tf.editor.backends import make_backend
-
     backend = make_backend(opts, saved_model=saved_model, serving_url=serving_url, cluster_file=cluster_file)
     phase = phase or opts.phase
     scenes = None
-    label_dir = os.path.join(opts.dataroot, folder_names(opts.replace(load_features=False), phase)["label"])
+    label_dir = os.path.join(opts.dataroot, _scene_layout(opts, backend.use_instance).folders(phase)["label"])
     if os.path.isdir(label_dir):
         try:
-            scenes = DatasetScenes.from_options(opts.replace(no_instance=not backend.use_instance), phase)
+            scenes = DatasetScenes.from_options(opts, phase, instances=backend.use_instance)
         except DatasetError as e:
             raise DatasetError(f"the editor lists the scenes of {label_dir}: {e}") from None
     else:
         _LOG.warning("no %s: scenes can only be uploaded", label_dir)
-    classes = ClassTable.for_model(backend.label_nc, dataroot=opts.dataroot, thing_classes=thing_classes)
+    classes = ClassTable.for_dataset(opts.dataroot, backend.label_nc)
+    if thing_classes is not None:
+        classes = classes.with_things(thing_classes)
     app = create_app(backend, classes=classes, scenes=scenes, limits=limits)
     return EditorServer(app, host=host, port=port, log_level="info")

@@ -10,8 +10,9 @@ The export embeds its cluster bank only as graph constants, which a client canno
 SavedModel and REST backends compute the feature map themselves, in the app, from a bank file, with the
 same function as `Synthesizer` (`styles.sample_feature_map`): for the same weights, seed and styles all
 three backends give the same image. Without a bank file they fall back to `generate_with_seed` (the
-export's own in-graph sampling, seeded by the session's seed): images look right, but styles cannot be
-chosen (the page says so).
+export's own in-graph sampling, the twin of that function, seeded by the session's seed as
+`styles.image_seeds` maps it): the same image as long as no style is chosen, but styles cannot be chosen
+(the page says so).
 
 Every backend answers `generate(label, instance, styles=..., seed=...)` with uint8 [H, W, output_nc].
 """
@@ -28,8 +29,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from pix2pixhd_tf.styles import ClusterBank, Style, StyleSpec, apply_style, sample_feature_map
+from pix2pixhd_tf.inference import Synthesizer
+from pix2pixhd_tf.inputs import size_multiple
+from pix2pixhd_tf.styles import (
+    ClusterBank,
+    Style,
+    StyleSpec,
+    apply_style,
+    default_cluster_file,
+    image_seeds,
+    sample_feature_map,
+)
 
 __all__ = [
     "Backend",
@@ -123,23 +135,19 @@ class Backend:
 
 
 class CompiledGenerator:
-    """G behind one shape-polymorphic `tf.function`: on a CPU about 1.4x faster per call than the eager Keras
-    call (measured 0.35 s vs 0.51 s for the local.cfg G at 256x512), traced once for every size, at
-    construction (a few seconds) rather than on the first edit."""
+    """G behind one shape-polymorphic `tf.function`: faster per call than the eager Keras call on a CPU
+    (`benchmarks/editor_latency.py`), traced once for every size, at construction rather than on the
+    first edit."""
 
     def __init__(self, generator, input_nc: int):
-        import tensorflow as tf
-
         self.model = generator
-        self.size_multiple = getattr(generator, "size_multiple", 1)
+        self.size_multiple = size_multiple(generator)
         spec = tf.TensorSpec([None, None, None, input_nc], tf.float32)
         self._call = tf.function(lambda x: generator(x, training=False), input_signature=[spec], autograph=False)
         side = 4 * self.size_multiple  # reflection padding needs a bottleneck of more than 1 pixel
         self._call(tf.zeros([1, side, side, input_nc]))  # trace now, not on the user's first edit
 
     def __call__(self, x, training: bool = False):
-        import tensorflow as tf
-
         if training:
             raise ValueError("the editor's compiled generator runs in inference mode only")
         return self._call(tf.cast(x, tf.float32))
@@ -148,14 +156,12 @@ class CompiledGenerator:
 class CheckpointBackend(Backend):
     """A `Synthesizer` in this process (G, E and the cluster bank of a training checkpoint)."""
 
-    def __init__(self, synth, *, compiled: bool = True):
+    def __init__(self, synth: Synthesizer, *, compiled: bool = True):
         """
         Args:
             synth: a `pix2pixhd_tf.inference.Synthesizer` (label_nc > 0).
             compiled: run G through one `tf.function` (`CompiledGenerator`) instead of eagerly.
         """
-        from pix2pixhd_tf.inference import Synthesizer
-
         opts = synth.opts
         if compiled and not isinstance(synth.generator, CompiledGenerator):
             generator = CompiledGenerator(synth.generator, opts.generator_input_nc)
@@ -174,8 +180,6 @@ class CheckpointBackend(Backend):
 
     @classmethod
     def from_options(cls, opts, *, which_epoch: str | None = None, cluster_file: str | None = None):
-        from pix2pixhd_tf.inference import Synthesizer
-
         return cls(Synthesizer.from_checkpoint(opts, which_epoch=which_epoch, cluster_file=cluster_file))
 
     def generate(self, label, instance, *, styles=None, seed=0):
@@ -237,9 +241,6 @@ class SavedModelBackend(Backend):
             path: a version directory, or the export directory (its highest version is used).
             cluster_file: the cluster bank to compute features from (see the module docstring for the default).
         """
-        import tensorflow as tf
-
-        self._tf = tf
         self.path = find_saved_model_version(path)
         info_path = os.path.join(self.path, "assets.extra", "export_info.json")
         if not os.path.isfile(info_path):
@@ -263,19 +264,17 @@ class SavedModelBackend(Backend):
             _LOG.warning("SavedModel %s: %s", self.path, bank_source)
 
     def _inputs(self, label: np.ndarray, instance: np.ndarray) -> dict[str, Any]:
-        tf = self._tf
         inputs = {"label": tf.constant(np.asarray(label, np.int32)[None])}
         if self.use_instance:
             inputs["instance"] = tf.constant(np.asarray(instance, np.int32)[None])
         return inputs
 
     def generate(self, label, instance, *, styles=None, seed=0):
-        tf = self._tf
         inputs = self._inputs(label, instance)
         if not self.feat_num:
             signature = "serving_default"
         elif self.clusters is None:
-            signature, inputs["seed"] = "generate_with_seed", tf.constant([seed % 2**31], tf.int32)
+            signature, inputs["seed"] = "generate_with_seed", tf.constant(image_seeds(seed, 1))
         else:
             signature = "generate_with_features"
             inputs["features"] = tf.constant(self.features(label, instance, styles, seed)[None])
@@ -372,7 +371,7 @@ class RestBackend(Backend):
         if not self.feat_num:
             signature = "serving_default"
         elif self.clusters is None:
-            signature, inputs["seed"] = "generate_with_seed", [int(seed % 2**31)]
+            signature, inputs["seed"] = "generate_with_seed", image_seeds(seed, 1).tolist()
         else:
             signature = "generate_with_features"
             inputs["features"] = np.round(self.features(label, instance, styles, seed), 6)[None].tolist()
@@ -409,15 +408,12 @@ def make_backend(
     if saved_model:
         return SavedModelBackend(saved_model, cluster_file=cluster_file)
     if serving_url:
-        from pix2pixhd_tf.styles import default_cluster_file
-
         if cluster_file is None and opts.use_features and os.path.isfile(default_cluster_file(opts)):
             cluster_file = default_cluster_file(opts)
-        n_down = opts.n_downsample_global + (opts.n_local_enhancers if opts.netG == "local" else 0)
         return RestBackend(
             serving_url,
             label_nc=opts.label_nc,
-            size_multiple=2**n_down,
+            size_multiple=opts.size_multiple,  # no network at hand: the sizes the model was trained at
             use_instance=not opts.no_instance,
             label_feat=opts.label_feat,
             cluster_file=cluster_file if opts.use_features else None,

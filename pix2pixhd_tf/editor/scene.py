@@ -11,7 +11,7 @@ Edits (each one undoable; an edit that changes nothing is not recorded):
 | edit | what it does |
 |---|---|
 | `paint(points, class_id, radius)` | a brush stroke (discs of `radius` along the polyline). A stuff class paints label = instance = class. A thing class extends `instance_id` if given (it must be of that class), else starts a new object. |
-| `erase(points, radius, class_id=None)` | the eraser: paints the *eraser class*, a stuff class, by default `ClassTable.eraser` (0, the void / "unlabeled" class). |
+| `erase(points, radius, class_id=None)` | the eraser: paints the *eraser class*, a stuff class, by default `eraser_class(classes)` (0, the void / "unlabeled" class). |
 | `add_object(points, class_id, radius)` | paints a new instance of a thing class: id `class * 1000 + k`, k the smallest k >= 0 not in the map. |
 | `delete(region_id, fill_class=None)` | removes a region, filled with `fill_class` (a stuff class) or, by default, the majority stuff class of a 3-pixel ring around it (the eraser class if the ring holds no stuff). |
 | `relabel(region_id, class_id)` | changes a region's category. thing -> thing keeps it an object, with the next free id of the new class; -> stuff merges it into that class's region. Its chosen style is dropped (styles are per class). |
@@ -34,27 +34,29 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
+from pix2pixhd_tf.data.classes import ClassTable
 from pix2pixhd_tf.styles import ClusterBank, Style, class_of, classes_of
 
 __all__ = [
-    "CITYSCAPES_CLASS_NAMES",
-    "CITYSCAPES_THING_CLASSES",
     "DEFAULT_LIMITS",
     "ClassTable",
     "EditResult",
     "Limits",
     "Scene",
     "SceneError",
+    "check_class",
+    "check_stuff",
+    "classes_json",
     "derive_instances",
     "encode_id_png",
+    "eraser_class",
     "load_uploads",
     "read_id_png",
     "stroke_mask",
@@ -65,15 +67,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_INSTANCES_PER_CLASS = 1000  # ids class*1000 + k with k < 1000 (the Cityscapes convention)
 MAX_INSTANCE_ID = 2**16 - 1  # instance maps are saved as 16-bit PNGs
 DELETE_RING = 3  # pixels around a deleted region whose majority stuff class fills it
-
-CITYSCAPES_CLASS_NAMES: tuple[str, ...] = (
-    "unlabeled", "ego vehicle", "rectification border", "out of roi", "static", "dynamic", "ground", "road",
-    "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge", "tunnel", "pole",
-    "polegroup", "traffic light", "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle", "license plate",
-)  # fmt: skip
-# Cityscapes classes with instances (hasInstances in cityscapesScripts' labels.py).
-CITYSCAPES_THING_CLASSES: tuple[int, ...] = tuple(range(24, 34))
 
 
 class SceneError(ValueError):
@@ -107,95 +100,46 @@ DEFAULT_LIMITS = Limits()
 # ------------------------------------------------------------------------------------------ classes
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassTable:
-    """Names, colours and thing/stuff kind of the label classes, and the eraser's default class."""
+def check_class(classes: ClassTable, class_id: Any, what: str = "class") -> int:
+    """`class_id` as an int in 0..label_nc-1, else a SceneError."""
+    if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)):
+        raise SceneError(f"{what} must be an integer class id, got {class_id!r}")
+    if not 0 <= int(class_id) < classes.label_nc:
+        raise SceneError(f"{what} {class_id} is outside 0..{classes.label_nc - 1} (label_nc={classes.label_nc})")
+    return int(class_id)
 
-    names: tuple[str, ...]
-    colors: np.ndarray  # uint8 [label_nc, 3]
-    things: frozenset[int]
-    eraser: int = 0
 
-    def __post_init__(self):
-        colors = np.asarray(self.colors, np.uint8).reshape(-1, 3)
-        if len(colors) != len(self.names):
-            raise ValueError(f"{len(self.names)} class names but {len(colors)} colours")
-        bad = sorted(c for c in self.things if not 0 <= c < len(self.names))
-        if bad:
-            raise ValueError(f"thing classes {bad} are outside 0..{len(self.names) - 1}")
-        if not 0 <= self.eraser < len(self.names) or self.eraser in self.things:
-            raise ValueError(f"the eraser class {self.eraser} must be a stuff class in 0..{len(self.names) - 1}")
-        object.__setattr__(self, "colors", colors)
-        object.__setattr__(self, "things", frozenset(int(c) for c in self.things))
+def check_stuff(classes: ClassTable, class_id: Any, what: str) -> int:
+    """`class_id` as an int if it is a stuff class, else a SceneError."""
+    class_id = check_class(classes, class_id, what)
+    if classes.is_thing(class_id):
+        raise SceneError(
+            f"{what} must be a stuff class; {class_id} ({classes.name(class_id)}) is a thing class "
+            f"(thing classes: {', '.join(classes.name(c) for c in sorted(classes.things))})"
+        )
+    return class_id
 
-    @property
-    def label_nc(self) -> int:
-        return len(self.names)
 
-    def is_thing(self, class_id: int) -> bool:
-        return int(class_id) in self.things
+def eraser_class(classes: ClassTable) -> int:
+    """The eraser's default class: 0 (the void / "unlabeled" class), or the first stuff class if 0 is a thing.
 
-    def name(self, class_id: int) -> str:
-        return self.names[class_id] if 0 <= class_id < len(self.names) else f"class {class_id}"
+    Raises:
+        ValueError: every class is a thing class (the eraser paints stuff).
+    """
+    if 0 not in classes.things:
+        return 0
+    stuff = sorted(set(range(classes.label_nc)) - classes.things)
+    if not stuff:
+        raise ValueError(f"all {classes.label_nc} classes are thing classes: the eraser needs a stuff class")
+    return stuff[0]
 
-    def check(self, class_id: Any, what: str = "class") -> int:
-        """`class_id` as an int in 0..label_nc-1, else a SceneError."""
-        if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)):
-            raise SceneError(f"{what} must be an integer class id, got {class_id!r}")
-        if not 0 <= int(class_id) < self.label_nc:
-            raise SceneError(f"{what} {class_id} is outside 0..{self.label_nc - 1} (label_nc={self.label_nc})")
-        return int(class_id)
 
-    def check_stuff(self, class_id: Any, what: str) -> int:
-        class_id = self.check(class_id, what)
-        if self.is_thing(class_id):
-            raise SceneError(
-                f"{what} must be a stuff class; {class_id} ({self.name(class_id)}) is a thing class "
-                f"(thing classes: {', '.join(self.name(c) for c in sorted(self.things))})"
-            )
-        return class_id
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [
-            {"id": i, "name": n, "color": self.colors[i].tolist(), "thing": i in self.things}
-            for i, n in enumerate(self.names)
-        ]
-
-    @classmethod
-    def for_model(
-        cls, label_nc: int, *, dataroot: str | None = None, thing_classes: Sequence[int] | None = None
-    ) -> ClassTable:
-        """The classes of a model with `label_nc` classes, from the best source available:
-
-        1. `{dataroot}/meta.json` when it describes label_nc classes (the synthetic dataset writes one);
-        2. label_nc 35: Cityscapes (names, colours, instance classes 24..33);
-        3. label_nc 9: the synthetic dataset (car and person are things);
-        4. otherwise "class i" with distinct colours and no thing classes.
-
-        `thing_classes`, when given, replaces the thing classes of any of these.
-        """
-        from pix2pixhd_tf import visualize
-        from pix2pixhd_tf.data import synthetic
-
-        names = colors = things = None
-        meta_path = os.path.join(dataroot, synthetic.META_FILE) if dataroot else None
-        if meta_path and os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
-            if len(meta.get("class_names", ())) == label_nc and len(meta.get("palette", ())) == label_nc:
-                names, colors, things = meta["class_names"], meta["palette"], meta.get("thing_classes", ())
-        if names is None and label_nc == len(CITYSCAPES_CLASS_NAMES):
-            names, colors, things = CITYSCAPES_CLASS_NAMES, visualize.CITYSCAPES_PALETTE, CITYSCAPES_THING_CLASSES
-        if names is None and label_nc == synthetic.LABEL_NC:
-            names, colors, things = synthetic.CLASS_NAMES, synthetic.PALETTE, synthetic.THING_CLASSES
-        if names is None:
-            names = tuple(f"class {i}" for i in range(label_nc))
-            colors, things = visualize.distinct_palette(label_nc), ()
-        if thing_classes is not None:
-            things = thing_classes
-        things = frozenset(int(c) for c in things)
-        eraser = 0 if 0 not in things else min(set(range(label_nc)) - things, default=0)
-        return cls(tuple(names), np.asarray(colors, np.uint8), things, eraser)
+def classes_json(classes: ClassTable) -> list[dict[str, Any]]:
+    """The class list of the editor's API: id, name, colour and whether it is a thing class."""
+    return [
+        {"id": i, "name": n, "color": classes.palette[i].tolist(), "thing": classes.is_thing(i)}
+        for i, n in enumerate(classes.names)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ uploads
@@ -248,8 +192,6 @@ def read_id_png(data: bytes, what: str, *, limits: Limits, sixteen_bit: bool) ->
 def derive_instances(label: np.ndarray, things: frozenset[int] | set[int]) -> np.ndarray:
     """An instance map for a label map alone: stuff pixels get their class id, every 4-connected component
     of a thing class becomes an object `class * 1000 + k`."""
-    from scipy import ndimage
-
     label = np.asarray(label, np.int32)
     instance = label.copy()
     for c in sorted(things):
@@ -473,6 +415,7 @@ class Scene:
         self.label = label.astype(np.int32)
         self.instance = instance.astype(np.int32)
         self.classes = classes
+        self.eraser = eraser_class(classes)
         self.clusters = clusters
         self.feat_num = int(feat_num)
         self.seed = self._check_seed(seed)
@@ -520,8 +463,6 @@ class Scene:
 
     def regions(self) -> list[dict[str, Any]]:
         """Every region: id, class, name, thing, pixels, bbox [x0, y0, x1, y1] (half-open), chosen style."""
-        from scipy import ndimage
-
         ids, inverse, counts = np.unique(self.instance, return_inverse=True, return_counts=True)
         boxes = ndimage.find_objects(inverse.reshape(self.shape) + 1)
         out = []
@@ -543,7 +484,7 @@ class Scene:
 
     def next_instance_id(self, class_id: int) -> int:
         """`class * 1000 + k` with the smallest k >= 0 not in the instance map."""
-        class_id = self.classes.check(class_id)
+        class_id = check_class(self.classes, class_id)
         base = class_id * 1000
         ids = np.unique(self.instance[(self.instance >= base) & (self.instance < base + MAX_INSTANCES_PER_CLASS)])
         used = set((ids - base).tolist())
@@ -567,7 +508,7 @@ class Scene:
     # ---------------------------------------------------------------- edits
     def paint(self, points: Any, class_id: Any, radius: float, *, instance_id: int | None = None) -> EditResult:
         """A brush stroke of `class_id` (see the module docstring)."""
-        class_id = self.classes.check(class_id)
+        class_id = check_class(self.classes, class_id)
         stroke = stroke_mask(points, radius, self.shape)
         if stroke is None:
             return EditResult(False)
@@ -590,7 +531,7 @@ class Scene:
 
     def add_object(self, points: Any, class_id: Any, radius: float) -> EditResult:
         """Paint a new object of a thing class (id class*1000 + the next free k)."""
-        class_id = self.classes.check(class_id)
+        class_id = check_class(self.classes, class_id)
         if not self.classes.is_thing(class_id):
             things = ", ".join(f"{c} ({self.classes.name(c)})" for c in sorted(self.classes.things)) or "none"
             raise SceneError(
@@ -599,8 +540,8 @@ class Scene:
         return self.paint(points, class_id, radius)
 
     def erase(self, points: Any, radius: float, class_id: Any = None) -> EditResult:
-        """Paint the eraser class (default `classes.eraser`, the void class; any stuff class may be given)."""
-        class_id = self.classes.eraser if class_id is None else self.classes.check_stuff(class_id, "the eraser class")
+        """Paint the eraser class (default `self.eraser`, the void class; any stuff class may be given)."""
+        class_id = self.eraser if class_id is None else check_stuff(self.classes, class_id, "the eraser class")
         return self.paint(points, class_id, radius)
 
     def delete(self, region_id: Any, fill_class: Any = None) -> EditResult:
@@ -610,7 +551,7 @@ class Scene:
         if fill_class is None:
             fill = self._surrounding_stuff(mask)
         else:
-            fill = self.classes.check_stuff(fill_class, "the fill class")
+            fill = check_stuff(self.classes, fill_class, "the fill class")
         box = self._mask_box(mask)
         changed = self._paint_box((box, mask[box[0] : box[1], box[2] : box[3]]), fill, fill)
         return EditResult(changed)
@@ -618,7 +559,7 @@ class Scene:
     def relabel(self, region_id: Any, class_id: Any) -> EditResult:
         """Change a region's category (thing -> thing: a new id of the new class; -> stuff: merged)."""
         region = self._check_region(region_id)
-        class_id = self.classes.check(class_id)
+        class_id = check_class(self.classes, class_id)
         if class_id == class_of(region) and (region >= 1000) == self.classes.is_thing(class_id):
             return EditResult(False)
         mask = self.region_mask(region)
@@ -719,8 +660,6 @@ class Scene:
 
     def _surrounding_stuff(self, mask: np.ndarray) -> int:
         """The most common stuff class in a DELETE_RING-pixel ring around `mask` (ties: the smaller id)."""
-        from scipy import ndimage
-
         y0, y1, x0, x1 = self._mask_box(mask)
         h, w = self.shape
         y0, x0 = max(0, y0 - DELETE_RING), max(0, x0 - DELETE_RING)
@@ -730,7 +669,7 @@ class Scene:
         labels = self.label[y0:y1, x0:x1][ring]
         stuff = labels[~np.isin(labels, sorted(self.classes.things))] if self.classes.things else labels
         if not len(stuff):
-            return self.classes.eraser
+            return self.eraser
         return int(np.bincount(stuff).argmax())
 
     def _paint_box(self, stroke: tuple[Box, np.ndarray], class_id: int, region: int) -> bool:

@@ -26,7 +26,8 @@ arg-max is taken) or [N, H, W] integer class ids. With several outputs, pass `ou
 ``logits``, ``probabilities``, ``predictions``, ``class_ids``. `pix2pixhd_tf.evaluation.segmenter` trains and exports one.
 
 Every problem with the inputs raises a `ValueError` subclass naming the file or value and the fix: an
-`EvaluationError` from here, a `DatasetError` (`pix2pixhd_tf.data.files`) for the data set's own folders.
+`EvaluationError` (`pix2pixhd_tf.evaluation.readers`, which reads the files) or one of its subclasses here,
+a `DatasetError` (`pix2pixhd_tf.data.files`) for the data set's own folders.
 """
 
 from __future__ import annotations
@@ -44,66 +45,16 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
+from pix2pixhd_tf.data.classes import CITYSCAPES_TRAIN_IDS, CITYSCAPES_TRAIN_NAMES, ClassTable
+from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
 from pix2pixhd_tf.evaluation import metrics as metrics_lib
-from pix2pixhd_tf.data import files as data_files
-from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.evaluation.readers import EvaluationError, list_images, read_label, read_rgb
+from pix2pixhd_tf.evaluation.segmenter import CropToMatch
 
 ALL_METRICS = ("seg", "fid", "kid", "swd")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 INCEPTION_SIZE = 299
 
-# Cityscapes label id -> train id (the 19 evaluated classes; 255 = ignored), from cityscapesScripts' labels.py.
-_CITYSCAPES_TRAIN_IDS = {
-    7: 0,
-    8: 1,
-    11: 2,
-    12: 3,
-    13: 4,
-    17: 5,
-    19: 6,
-    20: 7,
-    21: 8,
-    22: 9,
-    23: 10,
-    24: 11,
-    25: 12,
-    26: 13,
-    27: 14,
-    28: 15,
-    31: 16,
-    32: 17,
-    33: 18,
-}
-CITYSCAPES_CLASSES = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
 LABEL_MAPPINGS = ("none", "cityscapes")
-
-
-class EvaluationError(ValueError):
-    """Bad input to the evaluation; the message names the file or value and how to fix it."""
-
-
-class EmptyFolderError(EvaluationError):
-    """A folder that should hold images is missing or holds none."""
 
 
 class PairingError(EvaluationError):
@@ -122,21 +73,6 @@ class SegmenterError(EvaluationError):
 # Files.
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The .png/.jpg/.jpeg files of `folder`, sorted by name.
-
-    Raises:
-      EmptyFolderError: if the folder does not exist or holds no such file.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EmptyFolderError(f"{folder} is not a folder; check --dataroot/--phase or --results_dir")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise EmptyFolderError(f"{folder} holds no {'/'.join(IMAGE_EXTENSIONS)} images; point the flag at the images")
-    return files
-
-
 def paired_files(dataroot: str | Path, phase: str, label_nc: int) -> list[tuple[Path, Path]]:
     """(label map, real image) paths of the official layout, paired and checked by `pix2pixhd_tf.data.files`.
 
@@ -152,8 +88,8 @@ def paired_files(dataroot: str | Path, phase: str, label_nc: int) -> list[tuple[
       DatasetError: (a `ValueError`) if a folder is missing or empty, the counts or names do not correspond,
         a label map and its image differ in size, or a file is unreadable; the message names the file.
     """
-    options = Options(dataroot=str(dataroot), phase=phase, label_nc=label_nc, no_instance=True)
-    files = data_files.list_dataset_files(options, require_images=True)
+    layout = DatasetLayout(str(dataroot), label_nc, instances=False)
+    files = list_dataset_files(layout, phase=phase, require_images=True)
     return [(Path(label.path), Path(image.path)) for label, image in zip(files.label, files.image)]
 
 
@@ -218,47 +154,12 @@ def match_samples(
     return [samples[key] for key in sorted(samples)]
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as uint8 [H, W, 3] (grey and RGBA converted)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def read_label(path: str | Path) -> np.ndarray:
-    """A label map (8/16-bit grey or palette PNG of class ids) as int32 [H, W].
-
-    Raises:
-      EvaluationError: if the file is a colour image rather than class ids.
-    """
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-            raise EvaluationError(
-                f"label map {path} is a {image.mode} image; label maps must hold one class id per pixel "
-                "(8-bit grey PNG such as Cityscapes' *_gtFine_labelIds.png), not colours"
-            )
-        return np.asarray(image).astype(np.int32)
-
-
 def _resize(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
     height, width = size
     if array.shape[:2] == (height, width):
         return array
     image = Image.fromarray(array.astype(np.uint8 if array.ndim == 3 else np.int32))
     return np.asarray(image.resize((width, height), resample)).astype(array.dtype)
-
-
-def parse_size(text: str) -> tuple[int, int] | None:
-    """'512x1024' -> (512, 1024) (height x width); '' -> None.
-
-    Raises:
-      EvaluationError: for any other form.
-    """
-    if not text:
-        return None
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise EvaluationError(f"size {text!r} must be HEIGHTxWIDTH, e.g. 512x1024")
-    return int(parts[0]), int(parts[1])
 
 
 def label_lookup(label_mapping: str) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
@@ -271,9 +172,9 @@ def label_lookup(label_mapping: str) -> tuple[np.ndarray | None, tuple[str, ...]
         return None, None
     if label_mapping == "cityscapes":
         table = np.full(256, 255, np.int32)
-        for label_id, train_id in _CITYSCAPES_TRAIN_IDS.items():
+        for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
             table[label_id] = train_id
-        return table, CITYSCAPES_CLASSES
+        return table, CITYSCAPES_TRAIN_NAMES
     raise EvaluationError(f"unknown label mapping {label_mapping!r}; use one of {LABEL_MAPPINGS}")
 
 
@@ -403,9 +304,7 @@ def load_segmenter(path: str | Path, *, output_key: str | None = None, input_ran
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
-        from pix2pixhd_tf.evaluation import segmenter as _  # noqa: F401  (registers the layers of our segmenter)
-
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, custom_objects={"CropToMatch": CropToMatch}, compile=False)
         outputs = model.outputs[0] if len(model.outputs) == 1 else None
         if outputs is None:
             raise SegmenterError(f"segmenter {path} has {len(model.outputs)} outputs; export it with one")
@@ -562,7 +461,7 @@ def evaluate(
     swd_config: metrics_lib.SWDConfig | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
-    batch_size: int = 16,
+    feature_batch: int = 16,
     progress: bool = True,
 ) -> dict:
     """Scores the generated images of `results_dir` against `{dataroot}/{phase}` in one pass over the files.
@@ -575,7 +474,8 @@ def evaluate(
       metrics: any of "seg", "fid", "kid", "swd".
       segmenter: a `Segmenter` or the path given to `load_segmenter` (needed for "seg").
       label_mapping: "none", or "cityscapes" to score the 19 Cityscapes train ids from label ids. Without a
-        mapping, class names come from `{dataroot}/meta.json` ("class_names") when it has label_nc of them.
+        mapping, class names come from `{dataroot}/meta.json` when it has label_nc of them
+        (`ClassTable.from_meta`), else classes are numbered.
       ignore_index: a ground-truth id (after mapping) left out of the scores, e.g. 0 "unlabeled"; ids
         >= the class count are always left out.
       inception_weights: for "fid"/"kid": "imagenet", a notop .h5 path, or None (random: tests only).
@@ -588,7 +488,7 @@ def evaluate(
       swd_config: SWD parameters (None: the paper's, `metrics.SWDConfig()`).
       kid_subsets: KID subsets.
       kid_subset_size: KID subset size (at most the image count).
-      batch_size: images per feature-model call.
+      feature_batch: images per feature-model (InceptionV3) call.
       progress: show a progress bar.
 
     Returns:
@@ -604,7 +504,9 @@ def evaluate(
         raise EvaluationError(f"unknown metrics {unknown or metrics}; choose from {','.join(ALL_METRICS)}")
     samples = match_samples(dataroot, phase, results_dir, label_nc=label_nc, generated_suffix=generated_suffix)
     lookup, class_names = label_lookup(label_mapping)
-    class_names = class_names or _dataset_class_names(dataroot, label_nc)
+    if class_names is None:
+        table = ClassTable.from_meta(dataroot, label_nc)
+        class_names = table.names if table else None
 
     seg = None
     if "seg" in metrics:
@@ -617,7 +519,7 @@ def evaluate(
             )
         if not isinstance(segmenter, Segmenter):
             segmenter = load_segmenter(segmenter)
-        num_classes = len(CITYSCAPES_CLASSES) if label_mapping == "cityscapes" else label_nc
+        num_classes = len(CITYSCAPES_TRAIN_NAMES) if label_mapping == "cityscapes" else label_nc
         segmenter.check_num_classes(num_classes, label_nc)
         seg = {"generated": np.zeros((num_classes, num_classes), np.int64), "real": None}
         seg["real"] = seg["generated"].copy()
@@ -625,7 +527,7 @@ def evaluate(
     features = None
     if "fid" in metrics or "kid" in metrics:
         model = feature_model or build_inception(inception_weights, feature_image_size)
-        features = {k: FeatureCollector(model, feature_image_size, batch_size) for k in ("generated", "real")}
+        features = {k: FeatureCollector(model, feature_image_size, feature_batch) for k in ("generated", "real")}
     swd_config = swd_config or metrics_lib.SWDConfig()
     swd = {k: metrics_lib.SWDDescriptors(swd_config) for k in ("generated", "real")} if "swd" in metrics else None
 
@@ -685,16 +587,6 @@ def evaluate(
     if swd is not None:
         report["swd"] = _swd_scores(swd, swd_config, reference_dir, eval_size, progress)
     return report
-
-
-def _dataset_class_names(dataroot: str | Path, label_nc: int) -> tuple[str, ...] | None:
-    """Class names from `{dataroot}/meta.json` (written by the synthetic data set) when they fit label_nc."""
-    meta = Path(dataroot) / "meta.json"
-    try:
-        names = json.loads(meta.read_text()).get("class_names") if meta.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return tuple(str(n) for n in names) if isinstance(names, list) and len(names) == label_nc else None
 
 
 def _feature_scores(features, metrics, inception_weights, feature_model, kid_subsets, kid_subset_size) -> dict:

@@ -20,9 +20,8 @@ import tensorflow as tf
 from keras import layers, ops
 from PIL import Image
 
-from pix2pixhd_tf.evaluation import protocol as evaluation
-from pix2pixhd_tf.data import files as data_files
-from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_dataset_files
+from pix2pixhd_tf.evaluation.readers import read_label
 
 
 @keras.saving.register_keras_serializable(package="pix2pixhd_tf")
@@ -119,11 +118,12 @@ def segmentation_dataset(
       DatasetError: (from `pix2pixhd_tf.data.files`) for missing/empty folders, unpaired names, unreadable
         files, a label map whose size differs from its image's, or several sizes without `image_size`.
     """
-    options = Options(dataroot=str(dataroot), phase=phase, label_nc=num_classes, no_instance=True)
-    files = data_files.list_dataset_files(options, require_images=True)
+    files = list_dataset_files(
+        DatasetLayout(str(dataroot), num_classes, instances=False), phase=phase, require_images=True
+    )
     sizes = sorted({(info.height, info.width) for info in files.label})
     if image_size is None and len(sizes) > 1:
-        raise data_files.DatasetError(
+        raise DatasetError(
             f"the images of {Path(dataroot) / (phase + '_img')} have {len(sizes)} sizes ({sizes[:3]} ...); "
             "pass image_size (--image_size=HxW) to resize them to one"
         )
@@ -135,7 +135,7 @@ def segmentation_dataset(
         index = int(index)
         with Image.open(image_paths[index]) as file:
             image = file.convert("RGB")
-        label = Image.fromarray(evaluation.read_label(label_paths[index]))
+        label = Image.fromarray(read_label(label_paths[index]))
         if (image.height, image.width) != (height, width):
             image = image.resize((width, height), Image.BILINEAR)
             label = label.resize((width, height), Image.NEAREST)

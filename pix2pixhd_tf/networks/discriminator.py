@@ -4,33 +4,11 @@ from __future__ import annotations
 
 import keras
 
-from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, FunctionalNetwork, LeakyReLU, conv, instance_norm
+from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, ConvChain, FunctionalNetwork, LeakyReLU, conv
 
 _PACKAGE = "pix2pixhd_tf"
 _KW, _PADW = 4, 2  # kernel 4, padding ceil((4 - 1) / 2) = 2, as in the official code
 _SLOPE = 0.2
-
-
-def _conv_block(
-    x, filters: int, in_channels: int, strides: int, name: str, norm: bool, input_relu: bool = False, dtype=None
-):
-    """conv [+ IN]. `input_relu`: `x` is the previous block's IN output, whose LeakyReLU this conv applies.
-    `x` may be [condition, image] (the first block)."""
-    slope = _SLOPE if input_relu else None
-    conditional = isinstance(x, (list, tuple))
-    layer = conv(
-        filters,
-        _KW,
-        in_channels,
-        strides=strides,
-        padding=_PADW,
-        input_relu_slope=slope,
-        conditional=conditional,
-        name=name,
-        dtype=dtype,
-    )
-    x = layer(x)
-    return instance_norm(f"{name}_norm")(x) if norm else x
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -50,22 +28,17 @@ class NLayerDiscriminator(FunctionalNetwork):
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, image_nc: int = 3, **kwargs):
         inputs = _condition_and_image_inputs(input_nc, image_nc)
-        x = _conv_block(inputs, ndf, input_nc, 2, "layer0", norm=False)
+        x = conv(ndf, _KW, input_nc, strides=2, padding=_PADW, conditional=True, name="layer0")(inputs)
         # No IN here: the gradient keeps the activation, so grappler can fuse conv + bias + LeakyReLU.
-        x = LeakyReLU(_SLOPE, grad_from="output", name="layer0_lrelu")(x)
-        outputs, input_relu = [x], False
+        outputs = [LeakyReLU(_SLOPE, grad_from="output", name="layer0_lrelu")(x)]
+        chain = ConvChain(outputs[0], slope=_SLOPE)
         nf = ndf
         for n in range(1, n_layers_D + 1):
             nf_prev, nf = nf, min(nf * 2, 512)
             strides = 2 if n < n_layers_D else 1
-            x = _conv_block(x, nf, nf_prev, strides, f"layer{n}", norm=True, input_relu=input_relu)
-            # The features are LeakyReLU(IN output); the next conv activates that IN output itself, so it is
-            # the one tensor kept for the block's backward pass.
-            outputs.append(LeakyReLU(_SLOPE, grad_from="input", name=f"layer{n}_lrelu")(x))
-            input_relu = True
-        outputs.append(
-            _conv_block(x, 1, nf, 1, f"layer{n_layers_D + 1}", norm=False, input_relu=input_relu, dtype="float32")
-        )
+            chain.unit(nf, _KW, nf_prev, strides=strides, padding=_PADW, name=f"layer{n}", norm_name=f"layer{n}_norm")
+            outputs.append(chain.activated(f"layer{n}_lrelu"))  # a feature for feature matching
+        outputs.append(chain.output_conv(1, _KW, nf, padding=_PADW, name=f"layer{n_layers_D + 1}", dtype="float32"))
         super().__init__(inputs, outputs, **kwargs)
         self.input_nc = input_nc
         self.ndf = ndf

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from pix2pixhd_tf.networks.generator import global_trunk
 from pix2pixhd_tf.networks.layers import FunctionalNetwork, InstanceAveragePool
-from pix2pixhd_tf.networks.generator import global_trunk, output_head
 
 _PACKAGE = "pix2pixhd_tf"
 
@@ -24,8 +24,7 @@ class Encoder(FunctionalNetwork):
     def __init__(self, input_nc: int = 3, feat_num: int = 3, nef: int = 16, n_downsample_E: int = 4, **kwargs):
         image = keras.Input((None, None, input_nc), name="image")
         instance = keras.Input((None, None), dtype="int32", name="instance")
-        x, index, relu_pending = global_trunk(image, input_nc, nef, n_downsample_E, n_blocks=0)
-        features = output_head(x, feat_num, nef, name="model", index=index, input_relu=relu_pending)
+        features = global_trunk(image, input_nc, nef, n_downsample_E, n_blocks=0).output(feat_num, nef)
         pooled = InstanceAveragePool(name="instance_pool")(features, instance)
         super().__init__([image, instance], pooled, **kwargs)
         self.input_nc = input_nc

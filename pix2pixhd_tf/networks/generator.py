@@ -2,10 +2,6 @@
 
 Layers are named after the official `nn.Sequential` indices (`model_1` is `model.1` in a PyTorch
 state dict, `model1_2_3` is `model1_2.3`), so checkpoint conversion is a lookup, not a guess.
-
-The ReLU of each conv-IN-ReLU unit runs inside the layer that reads the unit (`input_relu_slope`,
-`ResnetBlock(input_relu=True)`), so the tensor between units is IN's output: the one tensor that training
-keeps for the unit's backward pass. Where two units meet in an addition, explicit ReLU layers apply it.
 """
 
 from __future__ import annotations
@@ -13,86 +9,69 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pix2pixhd_tf.networks.layers import (
-    AvgPoolExcludePad,
-    FunctionalNetwork,
-    LeakyReLU,
-    ResnetBlock,
-    TorchConvTranspose2D,
-    conv,
-    instance_norm,
-)
+from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, ConvChain, FunctionalNetwork
 
 _PACKAGE = "pix2pixhd_tf"
 
 
-def _relu_slope(input_relu: bool) -> float | None:
-    return 0.0 if input_relu else None
+class GeneratorStack:
+    """One of the official generator's nn.Sequential stacks (`model`, `model1_1`, `model1_2`, ...), built in
+    the paper's units on a Keras tensor. Each layer takes the name of its official position
+    (`{name}_{index}`), counting the pads and ReLUs that run inside other layers (`layers.ConvChain`).
+    """
 
+    def __init__(self, x, name: str):
+        self.chain = ConvChain(x, slope=0.0)
+        self.name = name
+        self.index = 0  # the next official position
 
-def conv_norm_relu(
-    x, filters: int, in_channels: int, kernel_size: int, *, strides: int, name: str, index: int, input_relu: bool
-):
-    """[pad], conv, IN at official positions index, index+1; returns IN's output, whose ReLU (position
-    index+2) the next layer applies. `input_relu`: `x` is such an output too."""
-    reflect = kernel_size == 7  # the official model.{index - 1} is then a ReflectionPad2d(3)
-    layer = conv(
-        filters,
-        kernel_size,
-        in_channels,
-        strides=strides,
-        padding=3 if reflect else 1,
-        pad_mode="reflect" if reflect else "zero",
-        input_relu_slope=_relu_slope(input_relu),
-        name=f"{name}_{index}",
-    )
-    return instance_norm(f"{name}_{index + 1}")(layer(x))
+    def c7s1(self, filters: int, in_channels: int):
+        """c7s1-k: ReflectionPad2d(3), conv7, IN, ReLU."""
+        _, conv_name, norm_name, _ = self._positions(4)
+        self.chain.unit(filters, 7, in_channels, padding=3, pad_mode="reflect", name=conv_name, norm_name=norm_name)
 
+    def down(self, filters: int, in_channels: int):
+        """dk: conv3 stride 2 (padding 1), IN, ReLU."""
+        conv_name, norm_name, _ = self._positions(3)
+        self.chain.unit(filters, 3, in_channels, strides=2, padding=1, name=conv_name, norm_name=norm_name)
 
-def up_norm_relu(x, filters: int, in_channels: int, *, name: str, index: int, input_relu: bool):
-    """Transposed conv (x2), IN at official positions index, index+1; the ReLU as in `conv_norm_relu`."""
-    x = TorchConvTranspose2D(filters, in_channels, input_relu_slope=_relu_slope(input_relu), name=f"{name}_{index}")(x)
-    return instance_norm(f"{name}_{index + 1}")(x)
+    def residual(self, dim: int):
+        """Rk: a ResnetBlock."""
+        (name,) = self._positions(1)
+        self.chain.residual(dim, name=name)
 
+    def up(self, filters: int, in_channels: int):
+        """uk: transposed conv3 stride 2 (padding 1, output_padding 1), IN, ReLU."""
+        conv_name, norm_name, _ = self._positions(3)
+        self.chain.up_unit(filters, in_channels, name=conv_name, norm_name=norm_name)
 
-def output_head(x, output_nc: int, in_channels: int, *, name: str, index: int, input_relu: bool):
-    """Reflect-pad 3, conv7, tanh; tanh runs in float32 so mixed precision never clips the image."""
-    x = conv(
-        output_nc,
-        7,
-        in_channels,
-        padding=3,
-        pad_mode="reflect",
-        input_relu_slope=_relu_slope(input_relu),
-        name=f"{name}_{index + 1}",
-    )(x)
-    return layers.Activation("tanh", dtype="float32", name=f"{name}_{index + 2}")(x)
+    def relu(self):
+        """The features, with the ReLU of the last unit applied (before an addition)."""
+        return self.chain.activated(f"{self.name}_{self.index - 1}")
+
+    def output(self, output_nc: int, in_channels: int):
+        """ReflectionPad2d(3), conv7, tanh; tanh runs in float32 so mixed precision never clips the image."""
+        _, conv_name, tanh_name = self._positions(3)
+        x = self.chain.output_conv(output_nc, 7, in_channels, padding=3, pad_mode="reflect", name=conv_name)
+        return layers.Activation("tanh", dtype="float32", name=tanh_name)(x)
+
+    def _positions(self, count: int) -> list[str]:
+        names = [f"{self.name}_{self.index + i}" for i in range(count)]
+        self.index += count
+        return names
 
 
 def global_trunk(x, input_nc: int, ngf: int, n_downsampling: int, n_blocks: int, name: str = "model"):
-    """G1 without its output head: c7s1-ngf, n_downsampling × d(2×), n_blocks × R, n_downsampling × u(½).
-
-    Returns the features, the next official Sequential index (where the output head starts) and whether
-    the features still need their ReLU (they do unless the trunk ends with a residual block).
-    """
-    x = conv_norm_relu(x, ngf, input_nc, 7, strides=1, name=name, index=1, input_relu=False)
-    index = 4
+    """G1 without its output head: c7s1-ngf, n_downsampling x d(2x), n_blocks x R, n_downsampling x u(1/2)."""
+    g = GeneratorStack(x, name)
+    g.c7s1(ngf, input_nc)
     for i in range(n_downsampling):
-        mult = 2**i
-        x = conv_norm_relu(x, ngf * mult * 2, ngf * mult, 3, strides=2, name=name, index=index, input_relu=True)
-        index += 3
-    dim = ngf * 2**n_downsampling
-    relu_pending = True
+        g.down(ngf * 2 ** (i + 1), ngf * 2**i)
     for _ in range(n_blocks):
-        x = ResnetBlock(dim, input_relu=relu_pending, name=f"{name}_{index}")(x)
-        relu_pending = False
-        index += 1
-    for i in range(n_downsampling):
-        mult = 2 ** (n_downsampling - i)
-        x = up_norm_relu(x, ngf * mult // 2, ngf * mult, name=name, index=index, input_relu=relu_pending)
-        relu_pending = True
-        index += 3
-    return x, index, relu_pending
+        g.residual(ngf * 2**n_downsampling)
+    for i in range(n_downsampling, 0, -1):
+        g.up(ngf * 2 ** (i - 1), ngf * 2**i)
+    return g
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -111,8 +90,7 @@ class GlobalGenerator(FunctionalNetwork):
         **kwargs,
     ):
         inputs = keras.Input((None, None, input_nc), name="input")
-        x, index, relu_pending = global_trunk(inputs, input_nc, ngf, n_downsample_global, n_blocks_global)
-        outputs = output_head(x, output_nc, ngf, name="model", index=index, input_relu=relu_pending)
+        outputs = global_trunk(inputs, input_nc, ngf, n_downsample_global, n_blocks_global).output(output_nc, ngf)
         super().__init__(inputs, outputs, **kwargs)
         self.input_nc = input_nc
         self.output_nc = output_nc
@@ -156,27 +134,19 @@ class LocalEnhancer(FunctionalNetwork):
         for i in range(n_local_enhancers):
             pyramid.append(AvgPoolExcludePad(name=f"downsample_{i + 1}")(pyramid[-1]))
 
-        ngf_global = ngf * 2**n_local_enhancers
-        out, index, relu_pending = global_trunk(pyramid[-1], input_nc, ngf_global, n_downsample_global, n_blocks_global)
-        relu_name = f"model_{index - 1}"  # official position of the pending ReLU of `out`
+        coarser = global_trunk(pyramid[-1], input_nc, ngf * 2**n_local_enhancers, n_downsample_global, n_blocks_global)
         for n in range(1, n_local_enhancers + 1):
             g = ngf * 2 ** (n_local_enhancers - n)
-            front_name, back_name = f"model{n}_1", f"model{n}_2"
-            y = pyramid[n_local_enhancers - n]
-            y = conv_norm_relu(y, g, input_nc, 7, strides=1, name=front_name, index=1, input_relu=False)
-            y = conv_norm_relu(y, 2 * g, g, 3, strides=2, name=front_name, index=4, input_relu=True)
-            y = LeakyReLU(0.0, grad_from="input", name=f"{front_name}_6")(y)
-            if relu_pending:
-                out = LeakyReLU(0.0, grad_from="input", name=relu_name)(out)
-            y = layers.Add(name=f"model{n}_add")([y, out])
-            for i in range(n_blocks_local):
-                y = ResnetBlock(2 * g, name=f"{back_name}_{i}")(y)
-            y = up_norm_relu(y, g, 2 * g, name=back_name, index=n_blocks_local, input_relu=False)
-            relu_pending, relu_name = True, f"{back_name}_{n_blocks_local + 2}"
-            if n == n_local_enhancers:
-                y = output_head(y, output_nc, ngf, name=back_name, index=n_blocks_local + 3, input_relu=True)
-            out = y
-        super().__init__(inputs, out, **kwargs)
+            front = GeneratorStack(pyramid[n_local_enhancers - n], f"model{n}_1")
+            front.c7s1(g, input_nc)
+            front.down(2 * g, g)
+            front_features, coarser_features = front.relu(), coarser.relu()
+            back = GeneratorStack(layers.Add(name=f"model{n}_add")([front_features, coarser_features]), f"model{n}_2")
+            for _ in range(n_blocks_local):
+                back.residual(2 * g)
+            back.up(g, 2 * g)
+            coarser = back
+        super().__init__(inputs, coarser.output(output_nc, ngf), **kwargs)
         self.input_nc = input_nc
         self.output_nc = output_nc
         self.ngf = ngf

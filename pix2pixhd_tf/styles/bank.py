@@ -19,11 +19,11 @@ Facts kept from the official code:
   'auto', which is one run for k-means++); k is also capped by the number of *distinct* features (the
   official code would return duplicate centres, with a ConvergenceWarning); centres are sorted by
   cluster size, largest first, so index 0 is the most common style of a class.
-* Sampling: one cluster per instance, uniformly over the class's clusters. Classes without clusters get
-  zero features (the official code leaves that memory uninitialised).
+* Sampling: one cluster per instance, uniformly over the class's clusters (`styles.sampling`). Classes
+  without clusters get zero features (the official code leaves that memory uninitialised).
 * The official `features_clustered_010.npy` is a *pickled* dict {label: centres [n, feat_num]} (the
   relative-area column of `features.npy` is dropped before clustering). It is read only through
-  `convert.load_official_clusters`, only when a user names the file (`ClusterBank.load("...npy")`).
+  `load_official_clusters`, only when a user names the file (`ClusterBank.load("...npy")`).
 
 Cluster file format (`clusters.npz`, written by `ClusterBank.save`, read with `allow_pickle=False`):
 
@@ -34,7 +34,7 @@ Cluster file format (`clusters.npz`, written by `ClusterBank.save`, read with `a
     label_nc  int32   scalar
     version   int32   scalar (1)
 
-`ClusterBank.as_dense()` returns exactly (centers, counts): the exported model samples in-graph from them.
+`ClusterBank.as_dense()` returns exactly (centers, counts): the exported model embeds them as constants.
 The default file is `{checkpoints_dir}/{name}/clusters.npz`, beside the checkpoint.
 
 Style spec (JSON), picking a cluster index or an explicit feature vector per instance id or per class;
@@ -51,13 +51,12 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-if TYPE_CHECKING:  # Only for annotations: importing TensorFlow is left to the functions that need it.
-
-    from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.options import Options
 
 __all__ = [
     "CLUSTERS_FILE",
@@ -65,8 +64,10 @@ __all__ = [
     "StyleSpec",
     "class_of",
     "classes_of",
+    "classes_of_graph",
     "default_cluster_file",
     "keep_instance",
+    "load_official_clusters",
 ]
 
 CLUSTERS_FILE = "clusters.npz"
@@ -75,7 +76,6 @@ FORMAT_VERSION = 1
 AREA_BLOCKS = 32
 
 Style = int | tuple[float, ...]
-SeedLike = int | Sequence[int] | np.random.Generator | None
 
 
 def class_of(region_id: int) -> int:
@@ -88,6 +88,12 @@ def classes_of(region_ids: np.ndarray) -> np.ndarray:
     """`class_of` for an array of ids."""
     region_ids = np.asarray(region_ids, np.int64)
     return np.where(region_ids >= 1000, region_ids // 1000, region_ids)
+
+
+def classes_of_graph(region_ids: tf.Tensor) -> tf.Tensor:
+    """`classes_of`, in-graph twin (the exported SavedModel cannot call numpy)."""
+    region_ids = tf.convert_to_tensor(region_ids)
+    return tf.where(region_ids >= 1000, region_ids // 1000, region_ids)
 
 
 def keep_instance(pixels: np.ndarray | int, height: int, width: int) -> np.ndarray | bool:
@@ -181,7 +187,7 @@ class ClusterBank:
         n_clusters: int | None = None,
         sizes: Mapping[int, np.ndarray] | None = None,
     ) -> ClusterBank:
-        """From {class id: centres [n, feat_num]} (e.g. `convert.load_official_clusters`).
+        """From {class id: centres [n, feat_num]} (e.g. `load_official_clusters`).
 
         Args:
             clusters: centres per class; classes absent get no clusters.
@@ -251,8 +257,6 @@ class ClusterBank:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no cluster file {path}")
         if path.endswith(".npy"):
-            from pix2pixhd_tf.convert import load_official_clusters
-
             clusters = load_official_clusters(path, feat_num)
             if label_nc is None:
                 label_nc = max(clusters, default=-1) + 1
@@ -309,14 +313,6 @@ class ClusterBank:
             )
         return self.centers[class_id, int(index)].copy()
 
-    def sample(self, class_id: int, rng: np.random.Generator) -> np.ndarray:
-        """A centre of `class_id` chosen uniformly at random [feat_num]; zeros for a class without clusters."""
-        class_id = self._check_class(class_id)
-        count = int(self.counts[class_id])
-        if count == 0:
-            return np.zeros(self.feat_num, np.float32)
-        return self.centers[class_id, int(rng.integers(count))].copy()
-
     def assign(self, class_id: int, features: np.ndarray) -> np.ndarray:
         """Index of the nearest centre of `class_id` for each row of `features` [n, feat_num] (int [n])."""
         class_id = self._check_class(class_id)
@@ -326,6 +322,52 @@ class ClusterBank:
         centers = self.centers[class_id, :count]
         d = ((np.asarray(features, np.float32)[:, None, :] - centers[None]) ** 2).sum(-1)
         return d.argmin(axis=1)
+
+
+def load_official_clusters(path: str | os.PathLike, feat_num: int | None = None) -> dict[int, np.ndarray]:
+    """Read the official `features_clustered_010.npy`: {label id: k-means centres [n_clusters, feat_num]}.
+
+    The official encode_features.py saves `np.save(path, {label: KMeans.cluster_centers_})`, a pickled
+    dict; the relative-area column of its `features.npy` is dropped before clustering, so the centres have
+    feat_num columns. Labels without instances are absent and a label may have fewer than n_clusters rows.
+
+    Unpickling can run code: this is the only place that calls `np.load(allow_pickle=True)`, and it is
+    called only for a file the user names (`--clusters_file`, `--cluster_path`). Load only files you trust.
+
+    Args:
+        path: the .npy file.
+        feat_num: if given, the number of columns every array must have.
+
+    Returns:
+        Label id -> float32 array [n, feat_num].
+
+    Raises:
+        ValueError: the file is not such a dict, or its width differs from feat_num.
+    """
+    data = np.load(os.fspath(path), allow_pickle=True, encoding="latin1")
+    is_dict = (
+        isinstance(data, np.ndarray) and data.dtype == object and data.shape == () and isinstance(data.item(), dict)
+    )
+    if not is_dict:
+        raise ValueError(f"{path} is not an official cluster file (a pickled dict of label -> cluster centres).")
+    clusters = {}
+    for label, centres in data.item().items():
+        centres = np.asarray(centres)
+        if not isinstance(label, (int, np.integer)) or centres.ndim != 2 or not np.issubdtype(centres.dtype, np.number):
+            raise ValueError(f"{path}: entry {label!r} is not label id -> 2-D array of cluster centres.")
+        clusters[int(label)] = centres.astype(np.float32)
+    widths = {c.shape[1] for c in clusters.values() if c.shape[0]}
+    if len(widths) > 1:
+        raise ValueError(f"{path}: the cluster centres have different widths {sorted(widths)}.")
+    if feat_num is not None and widths and widths != {feat_num}:
+        (width,) = widths
+        extra = (
+            " It looks like the unclustered features.npy (features + relative area): pass the *_clustered_*.npy file."
+            if width == feat_num + 1
+            else ""
+        )
+        raise ValueError(f"{path}: cluster centres have {width} columns but --feat_num={feat_num}.{extra}")
+    return clusters
 
 
 # ------------------------------------------------------------------------------------------ style specs
@@ -453,4 +495,3 @@ class StyleSpec:
             sorted(r for r in self.instances if r not in present),
             sorted(c for c in self.classes if c not in classes),
         )
-

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tqdm import tqdm
 
+from pix2pixhd_tf.data.dataset import build_dataset
+from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
+from pix2pixhd_tf.experiment import load_encoder
+from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.styles.bank import ClusterBank, classes_of, keep_instance
-
-if TYPE_CHECKING:
-    import keras
-
-    from pix2pixhd_tf.options import Options
-
 
 
 def region_features(pooled: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,14 +86,9 @@ def _require_encoder_model(opts: Options, what: str) -> None:
 
 def _encoded_images(opts: Options, encoder: keras.Model, phase: str, progress: bool, desc: str):
     """Yields (index, label path, regions_t [h,w], pooled [h,w,F], files) over `phase` in file order."""
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    from pix2pixhd_tf.data.dataset import build_dataset, list_dataset_files
-
     enc_opts = _encoding_options(opts)
-    files = list_dataset_files(enc_opts, phase, require_images=True)
-    dataset = build_dataset(enc_opts, phase=phase, training=False, with_paths=True, files=files)
+    files = list_dataset_files(DatasetLayout.of(enc_opts), phase=phase, require_images=True)
+    dataset = build_dataset(enc_opts, training=False, with_paths=True, files=files)
     run = tf.function(lambda image, regions: encoder([image, regions], training=False), reduce_retracing=True)
     for index, batch in enumerate(tqdm(dataset, total=len(files), desc=desc, unit="image", disable=not progress)):
         regions = batch["label"] if opts.label_feat else batch["instance"]
@@ -118,8 +114,6 @@ def collect_instance_features(
     """
     _require_encoder_model(opts, "encoding features")
     if encoder is None:
-        from pix2pixhd_tf.experiment import load_encoder
-
         encoder = load_encoder(opts, which_epoch=which_epoch)
     parts, paths = [], []
     for index, path, regions, pooled, _ in _encoded_images(opts, encoder, phase, progress, "encoding features"):
@@ -141,7 +135,7 @@ def cluster_features(
     A class with m kept instances of d distinct features gets min(m, d, n_clusters) clusters (0 if m is 0).
     Centres are sorted by cluster size, largest first.
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # here: importing scikit-learn takes seconds, and only clustering needs it
 
     feat_num = features.features.shape[1]
     centers = np.zeros((label_nc, n_clusters, feat_num), np.float32)
@@ -184,8 +178,6 @@ def encode_features(
 
 
 def _read_ids(path: str) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im).astype(np.int64)
 
@@ -232,20 +224,14 @@ def precompute_feature_maps(
     Returns:
         The written paths, in file order.
     """
-    from PIL import Image
-
-    from pix2pixhd_tf.data.files import folder_names
-
     _require_encoder_model(opts, "precomputing feature maps")
     if feat_format not in ("npy", "png"):
         raise ValueError(f"feat_format must be 'npy' or 'png', got {feat_format!r}")
     if feat_format == "png" and opts.feat_num != 3:
         raise ValueError(f"PNG feature maps hold 3 channels but --feat_num={opts.feat_num}: use feat_format='npy'")
     if encoder is None:
-        from pix2pixhd_tf.experiment import load_encoder
-
         encoder = load_encoder(opts, which_epoch=which_epoch)
-    names = folder_names(opts.replace(load_features=True), phase)
+    names = DatasetLayout(opts.dataroot, opts.label_nc, feat_num=opts.feat_num).folders(phase)
     label_dir = os.path.join(opts.dataroot, names["label"])
     feat_dir = os.path.join(opts.dataroot, names["feat"])
     written = []

@@ -1,24 +1,137 @@
-"""Style sampling (paper §3.4): a cluster centre of its class for every region, or the one a `StyleSpec` names."""
+"""Style sampling (paper §3.4): a cluster centre of its class for every region, or the one a `StyleSpec` names.
+
+The random draw is defined once, in `cluster_draw`, and used by two twins:
+
+* `sample_feature_map`, the numpy twin: `Synthesizer`, `tools/test.py` and the editor; it also applies
+  and checks style specs.
+* `sample_features_graph`, the in-graph twin: the exported SavedModel's `serving_default`, `serving_png`
+  and `generate_with_seed` (a SavedModel cannot call numpy).
+
+The draw: region id r (an instance id, or a label id with --label_feat) of class c = `class_of(r)`, in an
+image with seed s, gets centre j of its class, j = P_s(r mod 2^31) mod counts[c], where P_s is the
+counter-based random permutation `RandomIndexShuffle` keyed by s. It depends only on (s, r): adding or
+removing other objects, or moving the image in a batch, changes nothing. Classes without clusters get
+zero features. So for the same seed and style spec a checkpoint, the SavedModel and the editor give the
+same features, hence the same image.
+
+Seeds: the SavedModel takes one int32 seed per image (`generate_with_seed`; `serving_default` uses 0).
+The numpy twin's `seed` names those seeds (`image_seeds`):
+
+* an int s >= 0: seed s mod 2^31 for every image (so the SavedModel's seed s, for s < 2^31);
+* a sequence of N ints: one seed per image of the batch, as the SavedModel's `seed` input;
+* a numpy Generator: N seeds drawn from it (reproducible when the Generator is seeded);
+* None: N fresh random seeds (not reproducible).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
-from pix2pixhd_tf.styles.bank import ClusterBank, SeedLike, StyleSpec, _ranges, class_of, classes_of
+from pix2pixhd_tf.styles.bank import ClusterBank, StyleSpec, _ranges, class_of, classes_of, classes_of_graph
+
+__all__ = [
+    "SeedLike",
+    "apply_style",
+    "cluster_draw",
+    "image_seeds",
+    "sample_feature_map",
+    "sample_features_graph",
+]
+
+SeedLike = int | Sequence[int] | np.random.Generator | None
+
+SEED_SALT = 0x5EED  # the key's third word, so seed 0 is not Philox's all-zero key
+SEED_RANGE = 2**31  # the SavedModel's seeds are int32; larger Python seeds are folded into [0, 2^31)
+_MAX_SHUFFLE_INDEX = 2**31 - 1  # region ids are folded into [0, 2^31) before the permutation
 
 
-def _seed_key(seed: SeedLike) -> list[int]:
-    """Entropy for per-region generators: an int or ints, a Generator (one draw), or None (fresh entropy)."""
+# ------------------------------------------------------------------------------------------ the one draw
+
+
+def cluster_draw(region_ids: tf.Tensor, seeds: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
+    """The cluster index of each region: int32 [M] in [0, counts) (0 where counts is 0).
+
+    Args:
+        region_ids: int [M] region ids (only their low 31 bits count).
+        seeds: int [M] the seed of each region's image.
+        counts: int [M] the number of clusters of each region's class.
+
+    Graph-safe, and run eagerly by the numpy twin, so both twins draw with this very op.
+    """
+    ids = tf.cast(region_ids, tf.int64)
+    seeds = tf.cast(seeds, tf.int64)
+    key = tf.stack([tf.zeros_like(seeds), seeds, tf.fill(tf.shape(seeds), tf.constant(SEED_SALT, tf.int64))], 1)
+    draw = tf.raw_ops.RandomIndexShuffle(
+        index=ids & _MAX_SHUFFLE_INDEX,
+        seed=key,
+        max_index=tf.constant(_MAX_SHUFFLE_INDEX, tf.int64),
+        rounds=4,
+    )
+    return tf.cast(draw % tf.cast(tf.maximum(counts, 1), tf.int64), tf.int32)
+
+
+def image_seeds(seed: SeedLike, n: int) -> np.ndarray:
+    """The int32 seed of each of `n` images for a numpy-twin `seed` (see the module docstring): exactly
+    what to pass as the SavedModel's `seed` input for the same styles.
+
+    Raises:
+        ValueError: a negative seed, or a sequence whose length is not `n`.
+    """
     if seed is None:
-        entropy = np.random.SeedSequence().entropy
-        return [int(entropy) % 2**63]
+        seed = np.random.default_rng()
     if isinstance(seed, np.random.Generator):
-        return [int(seed.integers(2**63))]
-    key = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
-    if any(k < 0 for k in key):
+        return seed.integers(SEED_RANGE, size=n).astype(np.int32)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        seeds = [int(seed)] * n
+    else:
+        seeds = [int(s) for s in seed]
+        if len(seeds) != n:
+            raise ValueError(
+                f"{len(seeds)} seeds for a batch of {n} images: pass one int (the seed of every image) or one seed "
+                "per image"
+            )
+    if any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be non-negative integers, got {seed!r}")
-    return key
+    return np.array([s % SEED_RANGE for s in seeds], np.int32)
+
+
+# ------------------------------------------------------------------------------------------ in-graph twin
+
+
+def sample_features_graph(
+    regions: tf.Tensor, seeds: tf.Tensor, bank: ClusterBank | None, *, feat_num: int
+) -> tf.Tensor:
+    """Sampled features, in-graph twin of `sample_feature_map` (no style specs): [N,H,W] region ids and
+    int32 seeds [N] -> float32 [N,H,W,feat_num]. Regions whose class is outside the bank or has no
+    clusters, and every region when `bank` is None, get zeros."""
+    regions = tf.convert_to_tensor(regions)
+    shape = tf.shape(regions)
+    if bank is None:
+        return tf.zeros(tf.concat([shape, [feat_num]], 0), tf.float32)
+    if bank.feat_num != feat_num:
+        raise ValueError(f"the cluster bank has {bank.feat_num} features per centre, the model feat_num={feat_num}")
+    # One row per (image, region id): keys are batch index * 2^32 + the id's 32 bits.
+    ids = tf.cast(regions, tf.int64)
+    batch_index = tf.broadcast_to(tf.range(shape[0], dtype=tf.int64)[:, None, None], tf.shape(ids))
+    keys = tf.reshape(batch_index * (2**32) + (ids & 0xFFFFFFFF), [-1])
+    unique_keys, segment = tf.unique(keys, out_idx=tf.int32)
+    row_image = unique_keys // (2**32)
+    row_id = tf.cast(tf.bitcast(tf.cast(unique_keys & 0xFFFFFFFF, tf.uint32), tf.int32), tf.int64)
+
+    classes = tf.cast(classes_of_graph(row_id), tf.int32)
+    known = (classes >= 0) & (classes < bank.label_nc)
+    classes = tf.where(known, classes, 0)
+    counts = tf.where(known, tf.gather(tf.constant(bank.counts), classes), 0)
+    cluster = cluster_draw(row_id, tf.gather(tf.cast(seeds, tf.int64), row_image), counts)
+    centres = tf.gather_nd(tf.constant(bank.centers), tf.stack([classes, cluster], 1))
+    centres *= tf.cast(counts > 0, tf.float32)[:, None]
+    return tf.reshape(tf.gather(centres, segment), tf.concat([shape, [feat_num]], 0))
+
+
+# ------------------------------------------------------------------------------------------ numpy twin
 
 
 def _as_batch(regions: np.ndarray) -> np.ndarray:
@@ -101,24 +214,25 @@ def sample_feature_map(
     style: StyleSpec | None = None,
     strict: bool = True,
 ) -> np.ndarray:
-    """Features for G: per region, a cluster centre of its class (random, or chosen by `style`).
+    """Features for G, numpy twin of `sample_features_graph`: per region, a cluster centre of its class
+    (drawn by `cluster_draw`, or chosen by `style`).
 
     The official `sample_features`, vectorised per image: one table row per region id, then a gather.
-    Randomness is per (seed, image index, region id): the same seed gives the same styles, and adding or
-    removing an object does not change the styles the others get.
+    Regions `style` does not name get exactly the features the SavedModel samples for the same seeds.
 
     Args:
         regions: int [H, W] or [N, H, W] instance ids (label ids with --label_feat).
         bank: the cluster bank; None allowed only when `style` covers every region with a vector.
         feat_num, label_nc: default to the bank's.
-        seed: int or ints (e.g. (seed, image index)), a numpy Generator, or None (not reproducible).
+        seed: the seed of every image (int), one per image, a numpy Generator, or None (see `image_seeds`).
         style: chosen styles; entries not matched by any region raise when `strict`.
 
     Returns:
         float32 [H, W, feat_num] or [N, H, W, feat_num].
 
     Raises:
-        ValueError: a region needs sampling but there is no bank; a bad or unmatched style entry.
+        ValueError: a region needs sampling but there is no bank, or has a class outside the model's;
+            a bad or unmatched style entry; a bad seed.
     """
     unbatched = np.ndim(regions) == 2
     regions = _as_batch(regions)
@@ -135,8 +249,9 @@ def sample_feature_map(
     style.validate(label_nc=label_nc, feat_num=feat_num, bank=bank)
     if strict:
         _check_present(style, regions)
-    key = _seed_key(seed)
-    out = np.zeros(regions.shape + (feat_num,), np.float32)
+    seeds = image_seeds(seed, len(regions))
+    tables, inverses = [], []
+    draws = []  # (image, table row, region id) of the regions to sample
     for n, region_map in enumerate(regions):
         ids, inverse = np.unique(region_map, return_inverse=True)
         table = np.zeros((len(ids), feat_num), np.float32)
@@ -156,8 +271,17 @@ def sample_feature_map(
             elif not 0 <= cls_id < label_nc:
                 raise ValueError(f"region {region} has class {cls_id}, outside 0..{label_nc - 1} (label_nc={label_nc})")
             else:
-                table[row] = bank.sample(cls_id, np.random.default_rng(key + [n, region]))
-        out[n] = table[inverse.reshape(region_map.shape)]
+                draws.append((n, row, region))
+        tables.append(table)
+        inverses.append(inverse.reshape(region_map.shape))
+    if draws:
+        image, row, region = (np.array(column, np.int64) for column in zip(*draws))
+        classes = classes_of(region)
+        counts = bank.counts[classes]
+        cluster = cluster_draw(region, seeds[image], counts).numpy()
+        centres = np.where((counts > 0)[:, None], bank.centers[classes, cluster], 0.0).astype(np.float32)
+        for n in range(len(regions)):
+            mine = image == n
+            tables[n][row[mine]] = centres[mine]
+    out = np.stack([table[inverse] for table, inverse in zip(tables, inverses)])
     return out[0] if unbatched else out
-
-

@@ -11,10 +11,10 @@ import keras
 import tensorflow as tf
 
 from pix2pixhd_tf import networks
-from pix2pixhd_tf.training import losses
-from pix2pixhd_tf.inputs import check_image_size, encode_input
-from pix2pixhd_tf.training.optimizers import FusedAdam
+from pix2pixhd_tf.inputs import check_image_size, encode_input, generator_input, size_multiple
 from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.training import losses
+from pix2pixhd_tf.training.optimizers import FusedAdam
 
 G_LOSSES = ("G_GAN", "G_GAN_Feat", "G_VGG")
 D_LOSSES = ("D_real", "D_fake")
@@ -240,13 +240,15 @@ class Pix2PixHD(keras.Model):
         """G(x): the synthesised image in [-1, 1]. `features` overrides E's (style control at test time)."""
         if input_map is None:
             input_map = self.input_map(data)
-        multiple = getattr(self.generator, "size_multiple", 1)
+        multiple = size_multiple(self.generator)
         if features is None and self.feature_source == "encoder":  # E round-trips the image too
-            multiple = max(multiple, self.encoder.size_multiple)
-        input_map = check_image_size(input_map, multiple)
+            multiple = max(multiple, size_multiple(self.encoder))
+            input_map = check_image_size(input_map, multiple)  # before E sees the image
         if features is None and self.feature_source != "none":
             features = self.feature_map(data, training)
-        g_input = input_map if features is None else tf.concat([input_map, tf.cast(features, input_map.dtype)], -1)
+        # G's Input layer checks the feature width: E's output or the loaded maps, whatever the data hold.
+        feat_num = 0 if features is None else features.shape[-1]
+        g_input = generator_input(input_map, features, feat_num=feat_num, size_multiple=multiple)
         return self.generator(g_input, training=training)
 
     def call(self, data, training=False):
@@ -319,7 +321,7 @@ class Pix2PixHD(keras.Model):
         d_grads = d_tape.gradient(d_loss_scaled, d_vars)
         self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
         # G's backward pass through D is the last to read D's kernels: D's update waits for it (d_fake), so
-        # it finds them unshared and updates them in place (see layers._after_input_grad).
+        # it finds them unshared and updates them in place (see fast_ops._after_input_grad).
         with tf.control_dependencies([d_fake]):
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
         return self._update_trackers({**g_losses, **d_losses})

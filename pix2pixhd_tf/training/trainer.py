@@ -21,13 +21,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf import visualize
-from pix2pixhd_tf.training import distribute
+from pix2pixhd_tf.data.classes import SYNTHETIC, ClassTable
 from pix2pixhd_tf.data.dataset import build_dataset
-from pix2pixhd_tf.data.files import list_dataset_files
-from pix2pixhd_tf.training.model import Pix2PixHD, make_optimizers
+from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.synthetic import ensure_synthetic_dataset
 from pix2pixhd_tf.options import Options
+from pix2pixhd_tf.training import checkpoint as ckpt
+from pix2pixhd_tf.training import distribute
+from pix2pixhd_tf.training.model import Pix2PixHD, make_optimizers
 
 
 def learning_rate(opts: Options, epoch: int) -> float:
@@ -40,6 +42,11 @@ def total_epochs(opts: Options) -> int:
     return opts.niter + opts.niter_decay
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data seed of `epoch` (order, crops, flips): its own every epoch, the same on a resumed run."""
+    return seed * 100003 + epoch
+
+
 def set_precision_policy(opts: Options) -> None:
     policy = "mixed_float16" if opts.fp16 else "mixed_bfloat16" if opts.bf16 else "float32"
     keras.mixed_precision.set_global_policy(policy)
@@ -48,10 +55,10 @@ def set_precision_policy(opts: Options) -> None:
 def prepare_data(opts: Options) -> None:
     """Write the built-in synthetic dataset when asked (--synthetic); the Trainer checks the files up front."""
     if opts.synthetic:
-        from pix2pixhd_tf.data.synthetic import LABEL_NC, ensure_synthetic_dataset
-
-        if opts.label_nc != LABEL_NC:
-            raise ValueError(f"the synthetic dataset has {LABEL_NC} classes: set --label_nc={LABEL_NC}")
+        if opts.label_nc != SYNTHETIC.label_nc:
+            raise ValueError(
+                f"the synthetic dataset has {SYNTHETIC.label_nc} classes: set --label_nc={SYNTHETIC.label_nc}"
+            )
         ensure_synthetic_dataset(
             opts.dataroot,
             n_train=opts.synthetic_size,
@@ -171,15 +178,15 @@ class Trainer:
     def files(self):
         """The dataset's files, listed and checked once (missing, unpaired or corrupt files fail here)."""
         if self._files is None:
-            self._files = list_dataset_files(self.opts)
+            self._files = list_dataset_files(DatasetLayout.of(self.opts), phase=self.opts.phase)
         return self._files
 
     def epoch_dataset(self, epoch: int, skip: int):
         """The distributed batches of `epoch`, seeded by (seed, epoch), with the first `skip` steps dropped."""
-        opts = self.opts.replace(seed=self.opts.seed * 100003 + epoch)
+        opts, seed = self.opts, epoch_seed(self.opts.seed, epoch)
 
         def dataset_fn(input_context):
-            ds = build_dataset(opts, training=True, input_context=input_context, files=self.files)
+            ds = build_dataset(opts, seed=seed, training=True, input_context=input_context, files=self.files)
             if opts.steps_per_epoch:
                 ds = ds.take(opts.steps_per_epoch)
             return ds.skip(skip)
@@ -284,6 +291,7 @@ class TrainingLogger:
         self.bar = None
         self.sample: dict | None = None
         self.start_time = time.time()
+        self.palette = ClassTable.for_dataset(opts.dataroot, opts.label_nc).palette  # the label maps' colours
 
     def __enter__(self):
         if self.enabled:
@@ -334,12 +342,8 @@ class TrainingLogger:
         sample = self.sample
         fake = self.model.generate(sample)
         label = sample["label"].numpy()[0]
-        if label.ndim == 2:
-            label_rgb = visualize.colorize_labels(label, palette=_palette(self.opts), label_nc=self.opts.label_nc)
-        else:
-            label_rgb = visualize.tensor_to_uint8(label)
         row = [
-            label_rgb,
+            visualize.input_visual(label, self.palette),
             visualize.tensor_to_uint8(fake.numpy()[0]),
             visualize.tensor_to_uint8(sample["image"].numpy()[0]),
         ]
@@ -356,14 +360,6 @@ class TrainingLogger:
 def _first_replica(batch, strategy) -> dict:
     local = strategy.experimental_local_results(batch)[0] if hasattr(strategy, "experimental_local_results") else batch
     return {k: v[:1] for k, v in local.items()}
-
-
-def _palette(opts: Options) -> np.ndarray | None:
-    if opts.synthetic:
-        from pix2pixhd_tf.data.synthetic import PALETTE
-
-        return PALETTE
-    return None
 
 
 def train(
