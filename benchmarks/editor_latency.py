@@ -1,7 +1,7 @@
 """How long the editor takes to show the image after an edit (the number in benchmarks/editor_latency.md).
 
-    python -m benchmarks.editor_latency --runs=20  # configs/local.cfg, 256x512
-    python -m benchmarks.editor_latency --flagfile_config=configs/cityscapes_512p.cfg --height=256 --width=512
+    python -m benchmarks.editor_latency --flagfile=configs/local.cfg --runs=30    # 256x512
+    python -m benchmarks.editor_latency --flagfile=configs/cityscapes_512p.cfg --height=512 --width=1024
 
 The networks of the config are built with random weights (latency does not depend on training), with a
 random cluster bank of the config's n_clusters per class, behind the real web app (`create_app`, FastAPI's
@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.harness import cpu_model
-from pix2pixhd_tf.flags import options_from_flagfile
+from pix2pixhd_tf.flags import define_flags, options_from_flagfile, options_from_flags
 from pix2pixhd_tf.options import Options
 
 __all__ = ["measure_edit_latency"]
@@ -153,18 +153,17 @@ def measure_edit_latency(
     }
 
 
-flags.DEFINE_string("flagfile_config", DEFAULT_FLAGFILE, "The experiment's flagfile (networks and classes).")
-flags.DEFINE_integer("height", 256, "Scene height.")
-flags.DEFINE_integer("width", 512, "Scene width.")
-flags.DEFINE_integer("runs", 20, "Timed edits.")
-FLAGS = flags.FLAGS
+def _define_flags() -> None:
+    define_flags()  # the experiment's flags (networks, classes), e.g. from --flagfile=configs/local.cfg
+    flags.DEFINE_integer("height", 256, "Scene height.")
+    flags.DEFINE_integer("width", 512, "Scene width.")
+    flags.DEFINE_integer("runs", 20, "Timed edits.")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    result = measure_edit_latency(
-        options_from_flagfile(FLAGS.flagfile_config), height=FLAGS.height, width=FLAGS.width, runs=FLAGS.runs
-    )
+    FLAGS = flags.FLAGS
+    result = measure_edit_latency(options_from_flags(), height=FLAGS.height, width=FLAGS.width, runs=FLAGS.runs)
     print(
         f"| {result['date']} | {result['height']}x{result['width']} | {result['median_s'] * 1000:.0f} ms | "
         f"{result['mean_s'] * 1000:.0f} / {result['min_s'] * 1000:.0f} / {result['max_s'] * 1000:.0f} ms | "
@@ -175,4 +174,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

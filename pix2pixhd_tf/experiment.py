@@ -1,8 +1,9 @@
 """The one loader of a trained experiment: G (+ E, + D) and the cluster bank, checked against its flags.
 
-`tools/test.py`, `tools/export.py`, `tools/encode_features.py`, the editor and the evaluation all read an
-experiment through `load_experiment` (or `load_networks` for the networks alone), so a flag that differs
-from the trained ones, a missing checkpoint or a missing cluster file gives the same message everywhere.
+`tools/test.py`, `tools/export.py`, `tools/encode_features.py` and the editor all read an experiment through
+this module (`load_experiment`, or `load_networks` / `load_encoder` for networks alone), so a flag that
+differs from the trained ones, a missing checkpoint or a missing cluster file gives the same message
+everywhere.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import keras
 import pytest
 
 from pix2pixhd_tf import networks
-from benchmarks import harness as benchmark
+from benchmarks import harness
 
 # label_nc 5 + instance = 6 input channels, ngf 8, 2 downsamples, 1 block, 2 tiny D scales.
 TINY = dict(label_nc=5, ngf=8, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1, ndf=8, n_layers_D=2)
@@ -32,13 +32,13 @@ def test_flops_of_hand_computable_convs():
     x = keras.layers.Conv2DTranspose(2, 3, strides=2)(x)  # each of the 6x6x4 inputs spreads over 3x3x2 outputs
     model = keras.Model(inputs, x)
 
-    rows = benchmark.conv_flops(model, 8, 8)
+    rows = harness.conv_flops(model, 8, 8)
 
     assert [r["kind"] for r in rows] == ["conv", "conv_transpose"]
     assert rows[0]["output"] == [1, 6, 6, 4] and rows[1]["output"] == [1, 13, 13, 2]
     assert rows[0]["flops"] == 2 * (6 * 6) * (3 * 3 * 3) * 4
     assert rows[1]["flops"] == 2 * (6 * 6) * (3 * 3 * 4) * 2
-    assert benchmark.count_generator_flops(model, 8, 8) == 7776 + 5184
+    assert harness.count_generator_flops(model, 8, 8) == 7776 + 5184
 
 
 def test_flops_of_convs_run_as_matmuls():
@@ -49,7 +49,7 @@ def test_flops_of_convs_run_as_matmuls():
     inputs = keras.Input((4, 6, c))
     model = keras.Model(inputs, ResnetBlock(c)(inputs))
 
-    rows = benchmark.conv_flops(model, 4, 6)
+    rows = harness.conv_flops(model, 4, 6)
 
     assert [r["kind"] for r in rows] == ["conv_as_matmul"] * 2
     assert all(r["kernel"] == [3, 3, c, c] and r["flops"] == 2 * (4 * 6) * (3 * 3 * c) * c for r in rows)
@@ -60,9 +60,9 @@ def test_generator_flops_match_torch_flop_counter(net):
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
 
-    opts = benchmark.benchmark_options(net, TINY)
-    ours = benchmark.count_generator_flops(networks.build_generator(opts), *SIZE)
-    reference = benchmark._torch_generator(benchmark.load_torch_reference(), opts)
+    opts = harness.benchmark_options(net, TINY)
+    ours = harness.count_generator_flops(networks.build_generator(opts), *SIZE)
+    reference = harness._torch_generator(harness.load_torch_reference(), opts)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         reference(torch.zeros(1, opts.generator_input_nc, *SIZE))
@@ -72,12 +72,12 @@ def test_generator_flops_match_torch_flop_counter(net):
 def test_suites_return_records_and_markdown():
     pytest.importorskip("torch")
     common = dict(size=SIZE, runs=1, warmup=0, overrides=TINY)
-    records = benchmark.run_case("matmul_rate", dict(n=64, runs=1))
-    records += benchmark.run_case("generator_latency", dict(modes=["eager", "function"], **common))
-    records += benchmark.run_case("train_step_throughput", common)
+    records = harness.run_case("matmul_rate", dict(n=64, runs=1))
+    records += harness.run_case("generator_latency", dict(modes=["eager", "function"], **common))
+    records += harness.run_case("train_step_throughput", common)
     # One torch thread: on a busy machine, tiny ops spend their time at OpenMP barriers, not computing.
-    records += benchmark.run_case("torch_generator_latency", dict(threads=1, **common))
-    records += benchmark.run_case("torch_train_step", dict(threads=1, **common))
+    records += harness.run_case("torch_generator_latency", dict(threads=1, **common))
+    records += harness.run_case("torch_train_step", dict(threads=1, **common))
     for record in records:
         record["onednn"] = "default"
 
@@ -92,37 +92,37 @@ def test_suites_return_records_and_markdown():
     assert not train["vgg"] and not train["xla"]
     assert torch_train["kind"] == "train" and torch_train["s_per_iter"] > 0
 
-    summary = benchmark.summarize(records)
+    summary = harness.summarize(records)
     assert summary["matmul_gflops"] == matmul["tensorflow_gflops"]
     assert eager["fraction_of_matmul"] > 0 and eager["vs_torch_time"] > 0 and train["vs_torch_rss"] > 0
-    targets = benchmark.targets_from_records(records, summary["matmul_gflops"], size="32x32")
+    targets = harness.targets_from_records(records, summary["matmul_gflops"], size="32x32")
     assert [t["met"] in (True, False) for t in targets] == [True] * 4  # train time and RSS, G time and matmul share
     results = {
-        "environment": {**benchmark.environment(), "load_average_before": [0.1] * 3, "load_average_after": [0.2] * 3},
+        "environment": {**harness.environment(), "load_average_before": [0.1] * 3, "load_average_after": [0.2] * 3},
         "records": records,
         "targets": targets,
         "errors": [],
     }
-    markdown = benchmark.to_markdown(results)
+    markdown = harness.to_markdown(results)
     for heading in ("matmul rate", "Generator forward", "Training iteration", "Targets"):
         assert heading in markdown
 
     # A re-measured configuration replaces its old record; the others stay.
     rerun = {**results, "records": [{**train, "median_s": 1e3}], "cases": [], "invocations": [{"cases": ["rerun"]}]}
-    merged = benchmark.merge_results({**results, "invocations": []}, rerun)
+    merged = harness.merge_results({**results, "invocations": []}, rerun)
     assert len(merged["records"]) == len(records)
     assert [r["median_s"] for r in merged["records"] if r["suite"] == "train"] == [1e3]
 
 
 def test_isolated_case_reports_its_own_peak_rss():
-    (record,) = benchmark.run_isolated("matmul_rate", dict(n=64, runs=1, engines=["numpy"]), env={"BENCH_TEST": "1"})
+    (record,) = harness.run_isolated("matmul_rate", dict(n=64, runs=1, engines=["numpy"]), env={"BENCH_TEST": "1"})
     assert record["numpy_gflops"] > 0 and "tensorflow_gflops" not in record
     assert record["env"] == {"BENCH_TEST": "1"}
     assert 0 < record["baseline_rss_mb"] <= record["peak_rss_mb"]
 
 
 def test_plan_and_sizes():
-    cases = benchmark.plan_cases(
+    cases = harness.plan_cases(
         ["train", "torch"], sizes=[(512, 1024), (256, 512)], nets=["global"], onednn=["default", "0"]
     )
     train = [c for c in cases if c.suite == "train"]
@@ -130,6 +130,6 @@ def test_plan_and_sizes():
     assert {c.kwargs["size"] for c in train} == {(256, 512)}
     assert {c.env.get("TF_ENABLE_ONEDNN_OPTS") for c in train} == {None, "0"}
     assert [c.name for c in cases if c.suite == "torch"] == ["torch_generator_latency"] * 2 + ["torch_train_step"]
-    assert benchmark.parse_size("512x1024") == (512, 1024)
+    assert harness.parse_size("512x1024") == (512, 1024)
     with pytest.raises(ValueError, match="unknown suites"):
-        benchmark.plan_cases(["speed"])
+        harness.plan_cases(["speed"])

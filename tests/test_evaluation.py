@@ -15,7 +15,7 @@ from PIL import Image
 
 from pix2pixhd_tf.data.files import DatasetError
 from pix2pixhd_tf.evaluation import metrics, readers, segmenter
-from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.evaluation import protocol
 from pix2pixhd_tf.flags import parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +98,9 @@ def test_segmenter_trains_to_high_accuracy_and_round_trips(tmp_path):
         depth=2,
         verbose=0,
     )
-    pairs = evaluation.paired_files(tmp_path, "train", NUM_CLASSES)
-    images = np.stack([evaluation.read_rgb(image) for _, image in pairs])
-    labels = np.stack([evaluation.read_label(label) for label, _ in pairs])
+    pairs = protocol.paired_files(tmp_path, "train", NUM_CLASSES)
+    images = np.stack([protocol.read_rgb(image) for _, image in pairs])
+    labels = np.stack([protocol.read_label(label) for label, _ in pairs])
     predicted = np.asarray(model(images.astype(np.float32), training=False)).argmax(-1)
     confusion = metrics.confusion_matrix(labels, predicted, NUM_CLASSES)
     assert metrics.segmentation_scores(confusion).pixel_accuracy > 0.9
@@ -109,7 +109,7 @@ def test_segmenter_trains_to_high_accuracy_and_round_trips(tmp_path):
     expected = np.asarray(model(odd.astype(np.float32), training=False)).argmax(-1)
     for path in (tmp_path / "seg.keras", tmp_path / "seg_savedmodel"):
         segmenter.save_segmenter(model, path)
-        loaded = evaluation.load_segmenter(path)
+        loaded = protocol.load_segmenter(path)
         assert loaded.num_classes == NUM_CLASSES
         np.testing.assert_array_equal(loaded(odd), expected)
 
@@ -122,17 +122,17 @@ def test_savedmodel_with_float_input_and_class_id_output(tmp_path):
 
     module = RedIsOne()
     tf.saved_model.save(module, str(tmp_path / "red"), signatures={"serving_default": module.__call__})
-    loaded = evaluation.load_segmenter(tmp_path / "red", input_range="0_1")
+    loaded = protocol.load_segmenter(tmp_path / "red", input_range="0_1")
     assert loaded.num_classes is None and loaded.input_dtype == tf.float32
     images = np.zeros((1, 4, 5, 3), np.uint8)
     images[0, :2, :, 0] = 200
     np.testing.assert_array_equal(loaded(images)[0], np.repeat([[1], [1], [0], [0]], 5, axis=1))
-    with pytest.raises(evaluation.SegmenterError, match="only takes 4x5 images.*--eval_size=4x5"):
+    with pytest.raises(protocol.SegmenterError, match="only takes 4x5 images.*--eval_size=4x5"):
         loaded(np.zeros((1, 8, 10, 3), np.uint8))
-    with pytest.raises(evaluation.SegmenterError, match="no output 'probs'"):
-        evaluation.load_segmenter(tmp_path / "red", output_key="probs")
-    with pytest.raises(evaluation.SegmenterError, match="neither a .keras file nor a SavedModel"):
-        evaluation.load_segmenter(tmp_path)
+    with pytest.raises(protocol.SegmenterError, match="no output 'probs'"):
+        protocol.load_segmenter(tmp_path / "red", output_key="probs")
+    with pytest.raises(protocol.SegmenterError, match="neither a .keras file nor a SavedModel"):
+        protocol.load_segmenter(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,13 +140,13 @@ def test_savedmodel_with_float_input_and_class_id_output(tmp_path):
 
 
 def test_inception_feature_path_with_random_weights():
-    model = evaluation.build_inception(weights=None, image_size=75)
+    model = protocol.build_inception(weights=None, image_size=75)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((40, 60, 3), (80, 50, 3), (75, 75, 3))]
-    features = evaluation.inception_features(images, model, image_size=75, batch_size=2)
+    features = protocol.inception_features(images, model, image_size=75, batch_size=2)
     assert features.shape == (3, 2048) and np.all(np.isfinite(features))
-    with pytest.raises(evaluation.EvaluationError, match="does not exist"):
-        evaluation.build_inception(weights="/nonexistent/inception_notop.h5")
+    with pytest.raises(protocol.EvaluationError, match="does not exist"):
+        protocol.build_inception(weights="/nonexistent/inception_notop.h5")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_inception_feature_path_with_random_weights():
 
 def test_evaluate_perfect_generator_matches_the_oracle_and_writes_the_report(dataset, tmp_path):
     root, saved = dataset
-    report = evaluation.evaluate(
+    report = protocol.evaluate(
         root,
         root / "results",
         label_nc=NUM_CLASSES,
@@ -180,7 +180,7 @@ def test_evaluate_perfect_generator_matches_the_oracle_and_writes_the_report(dat
     assert list(swd["generated_vs_real"]["levels"]) == ["32x64", "16x32"]
     assert swd["reference"]["num_images"] == 3 and swd["reference"]["mean"] > 0 and swd["ratio"] == 0.0
 
-    markdown = evaluation.write_report(report, tmp_path / "out" / "report.json")
+    markdown = protocol.write_report(report, tmp_path / "out" / "report.json")
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
     assert (tmp_path / "out" / "report.md").read_text() == markdown
     assert "| pixel accuracy | 1.0000 | 1.0000 |" in markdown
@@ -193,7 +193,7 @@ def test_evaluate_counts_a_wrong_generated_image(dataset, tmp_path):
     shutil.copytree(root / "results", results)
     first = min(results.glob("*_synthesized_image.png"))
     Image.fromarray(np.full((HEIGHT, WIDTH, 3), 60, np.uint8)).save(first)  # all background
-    report = evaluation.evaluate(
+    report = protocol.evaluate(
         root,
         results,
         label_nc=NUM_CLASSES,
@@ -213,7 +213,7 @@ def test_evaluate_counts_a_wrong_generated_image(dataset, tmp_path):
     all_labels = np.stack([np.array(Image.open(f)) for f in sorted((root / "test_label").iterdir())])
     confusion = np.array(generated["confusion"])
     assert np.array_equal(np.array(real["confusion"]), np.diag(np.diag(real["confusion"])))
-    markdown = evaluation.format_markdown(report)
+    markdown = protocol.format_markdown(report)
     for cls in (1, 2):
         assert confusion[cls, 0] == (first_label == cls).sum() and confusion[cls, 3 - cls] == 0
         share = (first_label == cls).sum() / (all_labels == cls).sum()
@@ -229,9 +229,9 @@ def test_exact_names_without_suffix_and_eval_size(dataset, tmp_path):
         # Exact label names, generated at twice the size: --eval_size brings everything to one size.
         image = Image.open(path).resize((2 * WIDTH, 2 * HEIGHT), Image.NEAREST)
         image.save(results / path.name.replace("_synthesized_image", ""))
-    with pytest.raises(evaluation.ImageSizeError, match=r"64x128 but .*gtFine_labelIds.png is 32x64.*--eval_size"):
-        evaluation.evaluate(root, results, label_nc=NUM_CLASSES, metrics=["swd"], progress=False)
-    report = evaluation.evaluate(
+    with pytest.raises(protocol.ImageSizeError, match=r"64x128 but .*gtFine_labelIds.png is 32x64.*--eval_size"):
+        protocol.evaluate(root, results, label_nc=NUM_CLASSES, metrics=["swd"], progress=False)
+    report = protocol.evaluate(
         root, results, label_nc=NUM_CLASSES, segmenter=saved, metrics=["seg"], eval_size=(HEIGHT, WIDTH), progress=False
     )
     assert report["segmentation"]["generated"]["pixel_accuracy"] > 0.95
@@ -245,21 +245,21 @@ def test_segmenter_with_another_class_count(dataset, tmp_path):
     root, _ = dataset
     path = tmp_path / "five.keras"
     _oracle_model(num_classes=5).save(path)
-    with pytest.raises(evaluation.SegmenterError, match=r"predicts 5 classes but the labels have 3 \(label_nc=3\)"):
-        evaluation.evaluate(root, root / "results", label_nc=NUM_CLASSES, segmenter=path, metrics=["seg"])
+    with pytest.raises(protocol.SegmenterError, match=r"predicts 5 classes but the labels have 3 \(label_nc=3\)"):
+        protocol.evaluate(root, root / "results", label_nc=NUM_CLASSES, segmenter=path, metrics=["seg"])
 
 
 def test_missing_segmenter_empty_folder_and_unknown_metric(dataset, tmp_path):
     root, _ = dataset
-    with pytest.raises(evaluation.EvaluationError, match="--segmenter"):
-        evaluation.evaluate(root, root / "results", label_nc=NUM_CLASSES, metrics=["seg"])
+    with pytest.raises(protocol.EvaluationError, match="--segmenter"):
+        protocol.evaluate(root, root / "results", label_nc=NUM_CLASSES, metrics=["seg"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(readers.EmptyFolderError, match="empty"):
-        evaluation.evaluate(root, tmp_path / "empty", label_nc=NUM_CLASSES, metrics=["swd"])
-    with pytest.raises(evaluation.EvaluationError, match="unknown metrics"):
-        evaluation.evaluate(root, root / "results", label_nc=NUM_CLASSES, metrics=["psnr"])
+        protocol.evaluate(root, tmp_path / "empty", label_nc=NUM_CLASSES, metrics=["swd"])
+    with pytest.raises(protocol.EvaluationError, match="unknown metrics"):
+        protocol.evaluate(root, root / "results", label_nc=NUM_CLASSES, metrics=["psnr"])
     with pytest.raises(DatasetError, match="val_label"):
-        evaluation.evaluate(root, root / "results", label_nc=NUM_CLASSES, phase="val", metrics=["swd"])
+        protocol.evaluate(root, root / "results", label_nc=NUM_CLASSES, phase="val", metrics=["swd"])
 
 
 def test_generated_image_without_label(dataset, tmp_path):
@@ -267,8 +267,8 @@ def test_generated_image_without_label(dataset, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(root / "results", results)
     shutil.copy(next(results.glob("*_synthesized_image.png")), results / "stray_synthesized_image.png")
-    with pytest.raises(evaluation.PairingError, match="stray_synthesized_image.png.*--generated_suffix"):
-        evaluation.evaluate(root, results, label_nc=NUM_CLASSES, metrics=["swd"])
+    with pytest.raises(protocol.PairingError, match="stray_synthesized_image.png.*--generated_suffix"):
+        protocol.evaluate(root, results, label_nc=NUM_CLASSES, metrics=["swd"])
 
 
 def test_generated_image_of_another_size(dataset, tmp_path):
@@ -277,14 +277,14 @@ def test_generated_image_of_another_size(dataset, tmp_path):
     shutil.copytree(root / "results", results)
     victim = sorted(results.glob("*_synthesized_image.png"))[1]
     Image.open(victim).resize((WIDTH, HEIGHT + 2)).save(victim)
-    with pytest.raises(evaluation.ImageSizeError, match=victim.name):
-        evaluation.evaluate(root, results, label_nc=NUM_CLASSES, metrics=["swd"])
+    with pytest.raises(protocol.ImageSizeError, match=victim.name):
+        protocol.evaluate(root, results, label_nc=NUM_CLASSES, metrics=["swd"])
 
 
 def test_colour_label_map_is_rejected(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "label.png")
-    with pytest.raises(evaluation.EvaluationError, match="one class id per pixel"):
-        evaluation.read_label(tmp_path / "label.png")
+    with pytest.raises(protocol.EvaluationError, match="one class id per pixel"):
+        protocol.read_label(tmp_path / "label.png")
     assert parse_size("512x1024") == (512, 1024) and parse_size(" 256 X 512 ") == (256, 512)
     for bad in ("512", "", "0x512", "-1x2", "axb"):  # '' too: flags where '' means "no size" check it first
         with pytest.raises(ValueError, match="HEIGHTxWIDTH"):

@@ -31,7 +31,7 @@ from pix2pixhd_tf import networks
 from pix2pixhd_tf.inputs import encode_input
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.serving import endpoints, tflite
-from pix2pixhd_tf.serving import saved_model as export
+from pix2pixhd_tf.serving import saved_model
 from pix2pixhd_tf.styles import ClusterBank, sample_features_graph
 from pix2pixhd_tf.visualize import tensor_to_uint8
 
@@ -128,7 +128,7 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ns = SimpleNamespace(nets={}, dirs={}, jobs=[], index={})
     handler = _LogRecords()
-    export.logger.addHandler(handler)
+    saved_model.logger.addHandler(handler)
     try:
         for i, kind in enumerate(MODELS):
             opts = _options(kind)
@@ -140,9 +140,9 @@ def exported(tmp_path_factory):
                 (base / "3").mkdir(parents=True)
                 (base / "notaversion").mkdir()
             bank = (CENTERS, COUNTS) if kind == "feat" else None
-            ns.dirs[kind] = export.export_saved_model(opts, str(base), cluster_bank=bank, generator=G, encoder=E)
+            ns.dirs[kind] = saved_model.export_saved_model(opts, str(base), cluster_bank=bank, generator=G, encoder=E)
     finally:
-        export.logger.removeHandler(handler)
+        saved_model.logger.removeHandler(handler)
     ns.warnings = handler.messages
 
     label, instance = _maps()
@@ -408,20 +408,20 @@ def test_bad_size_names_the_multiple(exported):
 def test_versions_count_up_and_never_overwrite(exported, tmp_path):
     assert os.path.basename(exported.dirs["feat"]) == "4"
     base = os.path.dirname(exported.dirs["feat"])
-    assert export.next_version(base) == 5
+    assert saved_model.next_version(base) == 5
     assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
-    assert export.next_version(str(tmp_path / "missing")) == 1
+    assert saved_model.next_version(str(tmp_path / "missing")) == 1
     opts, G, E = exported.nets["feat"]
     with pytest.raises(FileExistsError, match="4"):
-        export.export_saved_model(opts, base, version=4, cluster_bank=(CENTERS, COUNTS), generator=G, encoder=E)
+        saved_model.export_saved_model(opts, base, version=4, cluster_bank=(CENTERS, COUNTS), generator=G, encoder=E)
 
 
 def test_bank_must_fit_the_model(exported):
     opts, G, E = exported.nets["feat"]
     with pytest.raises(ValueError, match="label_nc=5"):
-        export.export_saved_model(opts, "unused", cluster_bank=(CENTERS[:3], COUNTS[:3]), generator=G, encoder=E)
+        saved_model.export_saved_model(opts, "unused", cluster_bank=(CENTERS[:3], COUNTS[:3]), generator=G, encoder=E)
     with pytest.raises(ValueError, match="counts"):
-        export.resolve_cluster_bank((CENTERS, COUNTS + 3))
+        saved_model.resolve_cluster_bank((CENTERS, COUNTS + 3))
 
 
 @pytest.mark.parametrize(
@@ -490,13 +490,13 @@ def test_sampling_covers_every_cluster_and_depends_on_the_seed():
 
 
 def test_cluster_bank_formats():
-    bank = export.resolve_cluster_bank((CENTERS, COUNTS))
-    assert export.resolve_cluster_bank(bank) is bank
-    assert export.resolve_cluster_bank({"centers": CENTERS, "counts": COUNTS}).counts.tolist() == COUNTS.tolist()
-    assert export.resolve_cluster_bank(None) is None
+    bank = saved_model.resolve_cluster_bank((CENTERS, COUNTS))
+    assert saved_model.resolve_cluster_bank(bank) is bank
+    assert saved_model.resolve_cluster_bank({"centers": CENTERS, "counts": COUNTS}).counts.tolist() == COUNTS.tolist()
+    assert saved_model.resolve_cluster_bank(None) is None
     styles = pytest.importorskip("pix2pixhd_tf.styles")
     bank = styles.ClusterBank(CENTERS, COUNTS)
-    np.testing.assert_array_equal(export.resolve_cluster_bank(bank).centers, CENTERS)
+    np.testing.assert_array_equal(saved_model.resolve_cluster_bank(bank).centers, CENTERS)
 
 
 # ------------------------------------------------------------------------------------- REST / gRPC

@@ -20,12 +20,12 @@ from absl import app, flags
 
 # The harness lives in benchmarks/ beside its results, outside the installed package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import harness as benchmark  # noqa: E402
+from benchmarks import harness  # noqa: E402
 from pix2pixhd_tf.flags import parse_size  # noqa: E402
 
-flags.DEFINE_list("suites", list(benchmark.SUITES), f"Suites to run: any of {', '.join(benchmark.SUITES)}.")
+flags.DEFINE_list("suites", list(harness.SUITES), f"Suites to run: any of {', '.join(harness.SUITES)}.")
 flags.DEFINE_list("sizes", ["256x512"], "Image sizes HEIGHTxWIDTH for the generator, tflite and torch suites.")
-flags.DEFINE_list("nets", list(benchmark.NETS), "Generators: global (G1, ngf 64) and/or local (ngf 32, one enhancer).")
+flags.DEFINE_list("nets", list(harness.NETS), "Generators: global (G1, ngf 64) and/or local (ngf 32, one enhancer).")
 flags.DEFINE_list("train_sizes", [], "Training sizes (default: the smallest of --sizes).")
 flags.DEFINE_list("train_nets", ["global"], "Generators to train (global and/or local).")
 flags.DEFINE_integer("batchSize", 1, "Training batch size (the train suite).")
@@ -34,8 +34,8 @@ flags.DEFINE_list("xla", ["off", "on"], "Train step without (off) and/or with (o
 flags.DEFINE_list(
     "onednn", ["default"], "TF_ENABLE_ONEDNN_OPTS settings for the train and generator suites: default (unset), 0, 1."
 )
-flags.DEFINE_list("generator_modes", list(benchmark.GENERATOR_MODES), "Generator runtimes to time.")
-flags.DEFINE_list("tflite_variants", list(benchmark.TFLITE_VARIANTS), "TFLite variants to convert and time.")
+flags.DEFINE_list("generator_modes", list(harness.GENERATOR_MODES), "Generator runtimes to time.")
+flags.DEFINE_list("tflite_variants", list(harness.TFLITE_VARIANTS), "TFLite variants to convert and time.")
 flags.DEFINE_integer("runs", 5, "Timed calls per configuration (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed calls after the first one (which is reported as first_call_s).")
 flags.DEFINE_integer("matmul_n", 4096, "Side of the square fp32 matmul that measures the machine's rate.")
@@ -71,7 +71,7 @@ def _switches(values: list[str], name: str) -> list[bool]:
 
 def main(argv):
     del argv
-    cases = benchmark.plan_cases(
+    cases = harness.plan_cases(
         FLAGS.suites,
         [parse_size(s) for s in FLAGS.sizes],
         FLAGS.nets,
@@ -89,7 +89,7 @@ def main(argv):
         matmul_runs=FLAGS.matmul_runs,
         overrides=TINY if FLAGS.tiny else None,
     )
-    results = benchmark.run_benchmarks(
+    results = harness.run_benchmarks(
         cases,
         isolate=FLAGS.isolate,
         max_load=FLAGS.max_load,
@@ -99,8 +99,8 @@ def main(argv):
     results["invocations"][-1]["settings"] = {name: FLAGS[name].value for name in _SETTINGS}
     if FLAGS.merge and os.path.exists(FLAGS.output):
         with open(FLAGS.output) as f:
-            results = benchmark.merge_results(json.load(f), results)
-    json_path, md_path = benchmark.write_results(results, FLAGS.output)
+            results = harness.merge_results(json.load(f), results)
+    json_path, md_path = harness.write_results(results, FLAGS.output)
     print(f"wrote {json_path} and {md_path}")
     for target in results["targets"]:
         print(f"{'MET ' if target['met'] else 'MISS'} {target['target']}: {target['measured']}")

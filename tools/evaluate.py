@@ -12,21 +12,21 @@ Writes report.json and report.md (also printed). See pix2pixhd_tf/evaluation/pro
 from absl import app, flags
 
 from pix2pixhd_tf.evaluation import metrics
-from pix2pixhd_tf.evaluation import protocol as evaluation
+from pix2pixhd_tf.evaluation import protocol
 from pix2pixhd_tf.flags import parse_size
 
 flags.DEFINE_string("dataroot", "./datasets/cityscapes/", "Data set root ({phase}_label, {phase}_img).")
 flags.DEFINE_string("phase", "test", "Split holding the label maps and real images.")
 flags.DEFINE_string("results_dir", None, "Folder of generated images, named like their label maps.", required=True)
 flags.DEFINE_integer("label_nc", 35, "Number of label classes (0: RGB inputs from {phase}_A/{phase}_B, no seg).")
-flags.DEFINE_list("metrics", list(evaluation.ALL_METRICS), "Any of seg, fid, kid, swd.")
+flags.DEFINE_list("metrics", list(protocol.ALL_METRICS), "Any of seg, fid, kid, swd.")
 flags.DEFINE_string("segmenter", None, "SavedModel directory or .keras file of a segmentation network (for seg).")
 flags.DEFINE_string("segmenter_output_key", None, "Output of the SavedModel signature to use when it has several.")
 flags.DEFINE_enum("segmenter_input_range", "0_255", ["0_255", "0_1", "-1_1"], "Value range of float32 inputs.")
 flags.DEFINE_enum(
     "label_mapping",
     "none",
-    list(evaluation.LABEL_MAPPINGS),
+    list(protocol.LABEL_MAPPINGS),
     "cityscapes: score the 19 train ids from Cityscapes label ids.",
 )
 flags.DEFINE_integer("ignore_index", None, "A ground-truth id (after mapping) left out of the scores.")
@@ -53,11 +53,11 @@ def main(argv):
     del argv
     segmenter = None
     if FLAGS.segmenter:
-        segmenter = evaluation.load_segmenter(
+        segmenter = protocol.load_segmenter(
             FLAGS.segmenter, output_key=FLAGS.segmenter_output_key, input_range=FLAGS.segmenter_input_range
         )
     reference_dir = FLAGS.real_split_dir or (f"{FLAGS.dataroot}/{FLAGS.phase2}_img" if FLAGS.phase2 else None)
-    report = evaluation.evaluate(
+    report = protocol.evaluate(
         FLAGS.dataroot,
         FLAGS.results_dir,
         label_nc=FLAGS.label_nc,
@@ -81,7 +81,7 @@ def main(argv):
         kid_subset_size=FLAGS.kid_subset_size,
         feature_batch=FLAGS.feature_batch,
     )
-    print(evaluation.write_report(report, FLAGS.output))
+    print(protocol.write_report(report, FLAGS.output))
 
 
 if __name__ == "__main__":
