@@ -48,6 +48,7 @@ from pix2pixhd_tf.training.model import make_optimizers
 __all__ = [
     "CheckpointMismatchError",
     "convert_checkpoint",
+    "convert_clusters",
     "convert_state_dict",
     "load_official_clusters",  # defined beside the ClusterBank that reads it (styles.bank)
     "load_torch_state_dict",
@@ -495,3 +496,26 @@ def save_converted(
     if bank is not None:
         bank.save(default_cluster_file(opts))
     return base
+
+
+def convert_clusters(opts: Options, path: str | os.PathLike, out: str | None = None) -> str:
+    """Convert an official pickled `features_clustered_*.npy` once into our pickle-free `clusters.npz`, so
+    tools/test.py, the editor and tools/export.py never need `--allow_pickle` for it.
+
+    Args:
+        opts: label_nc and feat_num of the model; `opts.allow_pickle` must be set (unpickling runs code).
+        path: the official file.
+        out: where to write (default `{checkpoints_dir}/{name}/clusters.npz`); never overwritten.
+
+    Returns:
+        The written .npz.
+
+    Raises:
+        ValueError: `opts.allow_pickle` is off, or the file is not an official cluster file.
+        FileExistsError: `out` exists.
+    """
+    out = out or default_cluster_file(opts)
+    if os.path.exists(out):
+        raise FileExistsError(f"{out} exists: remove it or pass --clusters_out=ANOTHER.npz")
+    clusters = load_official_clusters(path, feat_num=opts.feat_num, allow_pickle=opts.allow_pickle)
+    return ClusterBank.from_clusters(clusters, label_nc=opts.label_nc, feat_num=opts.feat_num).save(out)

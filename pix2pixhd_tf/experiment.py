@@ -137,12 +137,18 @@ def resolve_cluster_file(opts: Options, cluster_file: str | None = None) -> tupl
 def load_cluster_bank(opts: Options, cluster_file: str | None = None) -> tuple[ClusterBank | None, str]:
     """(bank or None, path): the bank of a feature model, None when the default file does not exist.
 
+    An official pickled .npy is read only with `opts.allow_pickle` (unpickling runs code).
+
     Raises:
         FileNotFoundError: `cluster_file` was named but does not exist.
+        ValueError: a pickled .npy without --allow_pickle, or a bank that does not fit the model.
     """
     path, explicit = resolve_cluster_file(opts, cluster_file)
     if os.path.isfile(path):
-        return ClusterBank.load(path, label_nc=opts.label_nc or None, feat_num=opts.feat_num), path
+        bank = ClusterBank.load(
+            path, label_nc=opts.label_nc or None, feat_num=opts.feat_num, allow_pickle=opts.allow_pickle
+        )
+        return bank, path
     if explicit:
         raise FileNotFoundError(
             f"no cluster file {path} (nor in {ckpt.experiment_dir(opts)}): create one with "
@@ -157,7 +163,7 @@ def load_experiment(opts: Options, *, which_epoch: str | None = None, cluster_fi
     Args:
         opts: the flags the experiment was trained with (checked against its options.json).
         which_epoch: 'latest' or an epoch; default `opts.which_epoch`.
-        cluster_file: a cluster bank to use (our .npz, or the official pickled .npy); by default
+        cluster_file: a cluster bank to use (our .npz, or the official pickled .npy with --allow_pickle); by default
             `clusters.npz` beside the checkpoint, if it exists.
 
     Raises:
@@ -167,4 +173,3 @@ def load_experiment(opts: Options, *, which_epoch: str | None = None, cluster_fi
     generator, _, encoder = load_networks(opts, which_epoch=which_epoch)
     bank, path = load_cluster_bank(opts, cluster_file) if opts.use_features else (None, None)
     return Experiment(opts, generator, encoder, bank, path)
-

@@ -44,6 +44,12 @@ class Options:
     nThreads: int = _opt(2, "Threads for loading data (tf.data parallel calls).")
     synthetic: bool = _opt(False, "new: build the synthetic street-scene dataset under dataroot if missing.")
     synthetic_size: int = _opt(200, "new: number of synthetic training scenes.")
+    check_data: bool = _opt(
+        False,
+        "new: before training, decode every file of the dataset (one pass, in parallel threads) to report any "
+        "corrupt file or label id >= label_nc up front; otherwise only headers are checked and such a file "
+        "stops training when it is reached (after saving a checkpoint).",
+    )
 
     # Generator.
     netG: str = _opt("global", "Generator: global (G1) or local (G1 + local enhancers).", ("global", "local"))
@@ -90,6 +96,12 @@ class Options:
 
     # Checkpoints and resuming.
     continue_train: bool = _opt(False, "Continue training from the latest checkpoint of this experiment.")
+    overwrite_experiment: bool = _opt(
+        False,
+        "new: start training afresh although checkpoints_dir/name already holds an experiment, which is first "
+        "moved aside to checkpoints_dir/name.replaced-<date>-<time> (nothing is deleted). Without it, training "
+        "refuses to start over an existing experiment: resume it with --continue_train, or pick another --name.",
+    )
     load_pretrain: str = _opt("", "Load a pretrained (e.g. global) model from this experiment directory.")
     which_epoch: str = _opt("latest", "Which checkpoint to load: 'latest' or an epoch number.")
 
@@ -113,6 +125,12 @@ class Options:
     results_dir: str = _opt("./results/", "Where test results go.")
     how_many: int = _opt(50, "How many test images to run.")
     cluster_path: str = _opt("features_clustered_010.npy", "Cluster bank file for feature sampling.")
+    allow_pickle: bool = _opt(
+        False,
+        "new: allow reading the official pickled features_clustered_*.npy (--cluster_path, --clusters_file). "
+        "Unpickling runs any code the file holds: pass it only for files you trust, or convert the file once "
+        "with tools/convert_checkpoint.py --clusters_file=... --allow_pickle into a pickle-free clusters.npz.",
+    )
     use_encoded_image: bool = _opt(False, "Encode the real image to get the feature map.")
 
     def __post_init__(self) -> None:

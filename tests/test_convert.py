@@ -192,12 +192,12 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_official_clusters(tmp_path):
     centres = {0: np.random.rand(10, 3), 26: np.random.rand(4, 3)}  # as encode_features.py saves them
     np.save(tmp_path / "features_clustered_010.npy", centres)
-    clusters = load_official_clusters(tmp_path / "features_clustered_010.npy", feat_num=3)
+    clusters = load_official_clusters(tmp_path / "features_clustered_010.npy", feat_num=3, allow_pickle=True)
     assert sorted(clusters) == [0, 26] and clusters[26].shape == (4, 3) and clusters[26].dtype == np.float32
     np.testing.assert_allclose(clusters[0], centres[0], rtol=1e-6)
     np.save(tmp_path / "features.npy", {0: np.random.rand(5, 4)})
     with pytest.raises(ValueError, match="unclustered features.npy"):
-        load_official_clusters(tmp_path / "features.npy", feat_num=3)
+        load_official_clusters(tmp_path / "features.npy", feat_num=3, allow_pickle=True)
 
 
 def _load_cli():
@@ -219,7 +219,7 @@ def test_cli_writes_a_checkpoint_that_test_and_train_accept(tmp_path):
 
     cli = _load_cli()
     argv = ["convert_checkpoint", f"--flagfile={flagfile}", f"--torch_checkpoint_dir={tmp_path}",
-            f"--clusters_file={tmp_path / 'clusters.npy'}", f"--checkpoints_dir={opts.checkpoints_dir}",
+            f"--clusters_file={tmp_path / 'clusters.npy'}", "--allow_pickle", f"--checkpoints_dir={opts.checkpoints_dir}",
             "--name=converted"]  # fmt: skip
     try:
         cli.main(cli.FLAGS(argv))

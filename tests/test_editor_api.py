@@ -7,8 +7,11 @@ model: the mean change inside the edited pixels is about 5-9x the mean change fa
 (paint 36 vs 6, restyle 29 vs 3.4, delete 34 vs 6 grey levels); the tests ask for 3x.
 """
 
+import asyncio
+import http.client
 import http.server
 import io
+import itertools
 import json
 import os
 import threading
@@ -20,14 +23,21 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.data.synthetic import CAR, PERSON, SIDEWALK, SKY, write_synthetic_dataset
-from pix2pixhd_tf.editor.app import DatasetScenes, create_app
+from pix2pixhd_tf.editor.app import (
+    BodyLimit,
+    DatasetScenes,
+    EditorServer,
+    TrustedHosts,
+    create_app,
+    trusted_hosts_for,
+)
 from pix2pixhd_tf.editor.backends import CheckpointBackend
 from pix2pixhd_tf.editor.scene import Limits
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.styles import ClusterBank, default_cluster_file
+from pix2pixhd_tf.training import checkpoint as ckpt
 
 with warnings.catch_warnings():  # Starlette >= 1.0 asks for httpx2 instead of httpx; both work
     warnings.simplefilter("ignore")
@@ -426,3 +436,127 @@ def test_latency_benchmark_runs(opts):
     # A nested, repository-relative --flagfile line: the 512p flags, then 1024p's own over them.
     hd = options_from_flagfile(os.path.join(REPO_ROOT, "configs", "cityscapes_1024p.cfg"))
     assert (hd.name, hd.netG, hd.ngf, hd.label_nc, hd.fineSize) == ("label2city_1024p", "local", 32, 35, 1024)
+
+
+# ---------------------------------------------------------------------------------------- hostile requests (issue 19)
+
+
+def test_an_absurd_style_vector_is_refused_and_changes_nothing(client, opts):
+    """Issue 19: [1e300, 1, 1] was accepted and turned the image black."""
+    state = open_scene(client)
+    url = f"/api/sessions/{state['session']}/edit"
+    car = largest(state, CAR)["id"]
+    response = client.post(url, json={"op": "restyle", "region": car, "style": [1e300, 1, 1]})
+    assert response.status_code == 422 and "-10..10" in response.json()["error"]
+    after = client.get(f"/api/sessions/{state['session']}").json()
+    assert str(car) not in after["styles"]["instances"] and after["revision"] == state["revision"]
+    styles = json.dumps({"instances": {str(car): [1e300, 1, 1]}})
+    label = png(np.asarray(Image.open(f"{opts.dataroot}/test_label/scene_00000.png")))
+    instance = png(np.asarray(Image.open(f"{opts.dataroot}/test_inst/scene_00000.png")).astype(np.uint16))
+    files = {"label": ("l.png", label, "image/png"), "instance": ("i.png", instance, "image/png")}
+    response = client.post("/api/sessions/upload", files=files, data={"styles": styles})
+    assert response.status_code == 422 and "-10..10" in response.json()["error"]
+
+
+def test_a_huge_stroke_on_a_large_scene_is_a_422(opts):
+    backend = CheckpointBackend.from_options(opts)
+    big = TestClient(create_app(backend, limits=Limits(2048, 2048, 2**20)))
+    response = big.post(
+        "/api/sessions/upload", files={"label": ("label.png", png(np.full((2048, 2048), SKY, np.uint8)), "image/png")}
+    )
+    assert response.status_code == 201, response.text
+    state = response.json()
+    points = (np.random.default_rng(0).normal(0, 10, (10_000, 2)).cumsum(0) + 1024).tolist()
+    body = {"op": "paint", "points": points, "class_id": SIDEWALK, "radius": 512}
+    response = big.post(f"/api/sessions/{state['session']}/edit", json=body)
+    assert response.status_code == 422 and "shorter strokes" in response.json()["error"]
+    assert big.get(f"/api/sessions/{state['session']}").json()["revision"] == 0
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off_with_413(client, opts):
+    """No Content-Length: the body is counted as it arrives (issue 19: it used to be read whole)."""
+
+    def body(chunks: int):
+        yield b'--b\r\nContent-Disposition: form-data; name="label"; filename="l.png"\r\n\r\n'
+        for _ in range(chunks):
+            yield b"x" * 10_000
+
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    response = client.post("/api/sessions/upload", content=body(1000), headers=headers)
+    assert response.status_code == 413 and "limit is 256x128 pixels and 48.8 KB" in response.json()["error"]
+    # Chunked uploads within the limit still work.
+    label = png(np.asarray(Image.open(f"{opts.dataroot}/test_label/scene_00001.png")))
+    form = b'--b\r\nContent-Disposition: form-data; name="label"; filename="l.png"\r\n'
+    form += b"Content-Type: image/png\r\n\r\n" + label + b"\r\n--b--\r\n"
+    response = client.post("/api/sessions/upload", content=iter([form[:100], form[100:]]), headers=headers)
+    assert response.status_code == 201, response.text
+
+
+def test_the_body_limit_stops_the_app_reading_at_the_limit():
+    """The app behind BodyLimit sees at most the limit (plus one chunk) of a stream without Content-Length."""
+    seen, sent = [], []
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            seen.append(len(message["body"]))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read it all"})
+
+    chunks = iter([{"type": "http.request", "body": b"x" * 1000, "more_body": True}] * 100)
+
+    async def receive():
+        return next(chunks)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(BodyLimit(app, max_bytes=2500, message="too large: at most 2500 bytes")(scope, receive, send))
+    assert sum(seen) <= 2500 and sent[0]["status"] == 413 and b"at most 2500 bytes" in sent[1]["body"]
+    assert len(list(chunks)) == 97  # the rest was never read
+
+
+def test_requests_for_other_hosts_are_refused(client):
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 still sends Host: evil.example."""
+    guarded = TrustedHosts(client.app, trusted_hosts_for("127.0.0.1"))
+    for base in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "http://LOCALHOST"):
+        assert TestClient(guarded, base_url=base).get("/api/config").status_code == 200, base
+    response = TestClient(guarded, base_url="http://evil.example:8000").get("/api/config")
+    assert response.status_code == 400
+    assert (
+        "'evil.example:8000'" in response.json()["error"] and "--trusted_hosts=evil.example" in response.json()["error"]
+    )
+    assert TestClient(TrustedHosts(client.app, ["*"]), base_url="http://evil.example").get("/").status_code == 200
+    named = TrustedHosts(client.app, trusted_hosts_for("0.0.0.0", ["editor.lan"]))
+    assert TestClient(named, base_url="http://editor.lan:8000").get("/api/config").status_code == 200
+
+
+def test_the_served_editor_checks_hosts_and_a_taken_port_is_named(client):
+    server = EditorServer(client.app, host="127.0.0.1", port=0).start()
+    try:
+        for host, status in ((f"127.0.0.1:{server.port}", 200), ("evil.example", 400)):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request("GET", "/api/config", headers={"Host": host})
+            assert connection.getresponse().status == status, host
+            connection.close()
+        # A chunked upload (no Content-Length) through uvicorn: the app stops reading at the limit; 413.
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        part = b'--b\r\nContent-Disposition: form-data; name="label"; filename="l.png"\r\n\r\n'
+        chunks = itertools.chain([part], (b"x" * 10_000 for _ in range(1000)))
+        headers = {"Host": "localhost", "Content-Type": "multipart/form-data; boundary=b"}
+        try:
+            connection.request("POST", "/api/sessions/upload", body=chunks, headers=headers, encode_chunked=True)
+            status = connection.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed while we still sent
+            status = 413
+        assert status == 413
+        connection.close()
+        with pytest.raises(OSError, match=f"port {server.port} on 127.0.0.1 is taken .*--port=0"):
+            EditorServer(client.app, host="127.0.0.1", port=server.port)
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 """The editor's scene model on small arrays: edits, new instance ids, styles, undo/redo, upload checks."""
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from PIL import Image
 from pix2pixhd_tf.data.classes import SYNTHETIC, ClassTable
 from pix2pixhd_tf.data.synthetic import CAR, PERSON, ROAD, SIDEWALK, SKY, UNLABELED
 from pix2pixhd_tf.editor.scene import (
+    MAX_STROKE_WORK,
+    MAX_STYLE_VALUE,
     Limits,
     Scene,
     SceneError,
@@ -17,6 +20,7 @@ from pix2pixhd_tf.editor.scene import (
     eraser_class,
     load_uploads,
     read_id_png,
+    stroke_capacity,
     stroke_mask,
 )
 from pix2pixhd_tf.styles import ClusterBank
@@ -264,3 +268,62 @@ def test_new_object_ids_must_fit_a_16_bit_instance_map():
     assert scene.add_object([[2, 2]], 65, 1).selected == 65000
     with pytest.raises(SceneError, match="16-bit"):
         scene.add_object([[5, 5]], 69, 1)
+
+
+# ---------------------------------------------------------------------------------------- limits per request
+
+
+def _reference_stroke(points, radius, shape) -> np.ndarray:
+    """Every pixel of the image against every segment: the definition stroke_mask must keep."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    pts = np.asarray(points, np.float64)
+    out = np.zeros(shape, bool)
+    for a, b in itertools.pairwise(pts) if len(pts) > 1 else [(pts[0], pts[0])]:
+        d = b - a
+        length2 = float(d @ d)
+        t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0, 1) if length2 > 0 else 0.0
+        out |= (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2 <= radius * radius
+    return out
+
+
+def test_stroke_mask_matches_its_definition_pixel_for_pixel():
+    rng = np.random.default_rng(0)
+    shape = (40, 56)
+    for radius in (0.5, 1.5, 3, 7.25):
+        points = rng.uniform(-5, 60, (12, 2)).round(1)
+        points[4] = points[3]  # a repeated point
+        expected = _reference_stroke(points, radius, shape)
+        got = stroke_mask(points.tolist(), radius, shape)
+        full = np.zeros(shape, bool)
+        if got is not None:
+            (y0, y1, x0, x1), mask = got
+            full[y0:y1, x0:x1] = mask
+        np.testing.assert_array_equal(full, expected)
+
+
+def test_a_stroke_over_the_work_limit_is_refused_at_once_and_changes_nothing():
+    """Issue 19: 10,000 points at the largest radius held a core for 25-40 s."""
+    label, instance = np.full((2048, 2048), SKY, np.int32), np.full((2048, 2048), SKY, np.int32)
+    scene = Scene(label, instance, CLASSES)
+    points = (np.random.default_rng(0).normal(0, 10, (10_000, 2)).cumsum(0) + 1024).tolist()
+    with pytest.raises(SceneError, match="shorter strokes or use a smaller radius") as info:
+        scene.paint(points, ROAD, 512)
+    assert info.value.status == 422 and f"{MAX_STROKE_WORK:,}" in str(info.value)
+    assert scene.revision == 0 and not scene.can_undo and (scene.label == SKY).all()
+    # The page's strokes (a point every radius/4 pixels, radius <= 64) fit by the thousand.
+    assert stroke_capacity(64) > 2000 and stroke_capacity(8) > 10_000
+    step = np.stack([np.ones(2000), np.zeros(2000)], 1) * 16  # 2000 points 16 px apart at radius 64
+    assert scene.paint((step.cumsum(0) % 2000).tolist(), ROAD, 64).changed
+
+
+def test_feature_vectors_must_be_finite_and_bounded():
+    scene = make_scene()
+    for bad in ([1e300, 1, 1], [MAX_STYLE_VALUE + 0.5, 0, 0], [float("nan"), 0, 0], [0.1, 0.2]):
+        with pytest.raises(SceneError, match="feature vector"):
+            scene.restyle(8000, bad)
+    with pytest.raises(SceneError, match=r"-10\.\.10 .*cluster centres lie in -1\.\.1"):
+        scene.restyle(8000, [1e300, 1, 1])
+    assert scene.revision == 0 and scene.styles == {}
+    assert scene.restyle(8000, [MAX_STYLE_VALUE, -MAX_STYLE_VALUE, 0]).changed
+    with pytest.raises(SceneError, match="feature vector"):  # initial styles (uploads) go through the same check
+        Scene(*street(), CLASSES, clusters=BANK, feat_num=3, styles={8000: [1e300, 1, 1]})

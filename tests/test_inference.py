@@ -321,7 +321,7 @@ def test_style_report_on_tiny_data(feat_opts, tmp_path):
 def test_official_cluster_file_must_be_named(feat_opts, tmp_path):
     official = tmp_path / "features_clustered_010.npy"
     np.save(official, {CAR: np.full((2, 3), 0.5)}, allow_pickle=True)
-    synth = Synthesizer.from_checkpoint(feat_opts, cluster_file=str(official))
+    synth = Synthesizer.from_checkpoint(feat_opts.replace(allow_pickle=True), cluster_file=str(official))
     assert synth.clusters.counts.tolist() == [0] * 8 + [2]
     # The default --cluster_path value is not read unless passed: clusters.npz beside the checkpoint is.
     assert Synthesizer.from_checkpoint(feat_opts).cluster_file == default_cluster_file(feat_opts)

@@ -66,7 +66,7 @@ def test_official_cluster_file_conversion(tmp_path):
     official = {1: np.arange(6, dtype=np.float64).reshape(2, 3), 8: np.ones((5, 3))}
     path = tmp_path / "features_clustered_010.npy"
     np.save(path, official, allow_pickle=True)
-    bank = ClusterBank.load(path, label_nc=LABEL_NC, feat_num=FEAT_NUM)
+    bank = ClusterBank.load(path, label_nc=LABEL_NC, feat_num=FEAT_NUM, allow_pickle=True)
     assert bank.label_nc == LABEL_NC and bank.n_clusters == 5
     assert bank.counts.tolist() == [0, 2, 0, 0, 0, 0, 0, 0, 5]
     np.testing.assert_array_equal(bank.centers[1, :2], official[1])
@@ -76,7 +76,7 @@ def test_official_cluster_file_conversion(tmp_path):
     # The unclustered features.npy (features + area column) is refused with a hint.
     np.save(tmp_path / "features.npy", {1: np.ones((4, 4))}, allow_pickle=True)
     with pytest.raises(ValueError, match="features.npy"):
-        ClusterBank.load(tmp_path / "features.npy", feat_num=FEAT_NUM)
+        ClusterBank.load(tmp_path / "features.npy", feat_num=FEAT_NUM, allow_pickle=True)
 
 
 def test_bank_errors_say_what_exists(tmp_path):

@@ -21,6 +21,7 @@ from absl import app, flags
 # The harness lives in benchmarks/ beside its results, outside the installed package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import harness  # noqa: E402
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import parse_size  # noqa: E402
 
 flags.DEFINE_list("suites", list(harness.SUITES), f"Suites to run: any of {', '.join(harness.SUITES)}.")
@@ -109,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

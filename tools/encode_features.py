@@ -7,8 +7,9 @@ the exporter sample styles from. Instances larger than h*w/64 pixels are cluster
 --n_clusters per class at most (`pix2pixhd_tf/styles/encoding.py`; the file format is in `styles/bank.py`).
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import define_flags, options_from_flags
 from pix2pixhd_tf.styles import default_cluster_file
 from pix2pixhd_tf.styles.encoding import encode_features
@@ -29,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,8 +9,9 @@ Example (Cityscapes results of tools/test.py, PSPNet-like segmenter exported as 
 Writes report.json and report.md (also printed). See pix2pixhd_tf/evaluation/protocol.py for the protocol.
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.evaluation import metrics
 from pix2pixhd_tf.evaluation import protocol
 from pix2pixhd_tf.flags import parse_size
@@ -85,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

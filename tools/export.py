@@ -11,10 +11,15 @@ for feature models, `generate_with_seed`, `generate_with_features` and `encode`;
 in the version lists them. Feature models embed `{checkpoints_dir}/{name}/clusters.npz` (or --cluster_path)
 to sample styles in-graph; without one they use zero features and say so. TFLite files (fixed size,
 batch 1, generator only) go to `{export_dir}/tflite/{version}/`. See export/README.md for serving.
+
+Every signature refuses requests above --max_pixels per image (default 2048x2048, twice Cityscapes'
+1024x2048) and --max_batch_pixels per request (default: the same) with INVALID_ARGUMENT, before any work,
+so one request cannot exhaust the server's memory; serving_png reads the size from the PNG header.
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import define_flags, options_from_flags, parse_size
 from pix2pixhd_tf.serving.saved_model import export_model
 from pix2pixhd_tf.serving.tflite import TFLITE_VARIANTS
@@ -24,8 +29,31 @@ flags.DEFINE_string("export_dir", None, "The model's base path for TF Serving: v
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one; never overwrites).")
 flags.DEFINE_string("tflite_size", "", "Also write TFLite models at this HEIGHTxWIDTH (e.g. 256x512); '' = none.")
 flags.DEFINE_list("tflite_variants", list(TFLITE_VARIANTS), f"TFLite variants: any of {', '.join(TFLITE_VARIANTS)}.")
+flags.DEFINE_string(
+    "max_pixels",
+    "2048x2048",
+    "The most pixels one image of a request may have, as a count or HEIGHTxWIDTH (their product); larger "
+    "requests get INVALID_ARGUMENT before any work. Raise it only as far as the server's memory allows.",
+)
+flags.DEFINE_string(
+    "max_batch_pixels",
+    "",
+    "The most pixels one request may hold, all its images together (count or HEIGHTxWIDTH); '' = --max_pixels.",
+)
 flags.mark_flag_as_required("export_dir")
 FLAGS = flags.FLAGS
+
+
+def pixel_count(value: str, flag: str) -> int:
+    """'4194304' or '2048x2048' -> 4194304."""
+    try:
+        size = int(value) if value.isdigit() else parse_size(value)
+    except ValueError as e:
+        raise ValueError(f"--{flag}={value!r}: give a pixel count or HEIGHTxWIDTH, e.g. --{flag}=2048x2048") from e
+    count = size if isinstance(size, int) else size[0] * size[1]
+    if count < 1:
+        raise ValueError(f"--{flag}={value!r} must be at least one pixel")
+    return count
 
 
 def main(argv):
@@ -38,6 +66,8 @@ def main(argv):
         cluster_file=FLAGS.cluster_path if FLAGS["cluster_path"].present else None,
         tflite_size=parse_size(FLAGS.tflite_size) if FLAGS.tflite_size else None,
         tflite_variants=FLAGS.tflite_variants,
+        max_pixels=pixel_count(FLAGS.max_pixels, "max_pixels"),
+        max_batch_pixels=pixel_count(FLAGS.max_batch_pixels, "max_batch_pixels") if FLAGS.max_batch_pixels else None,
     )
     print(f"SavedModel: {result['saved_model']}")
     if result["cluster_bank"]:
@@ -49,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

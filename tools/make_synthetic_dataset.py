@@ -9,8 +9,9 @@ palette, appearance modes and the ground-truth mode of every instance). Existing
 are replaced.
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.data.synthetic import write_synthetic_dataset
 
 flags.DEFINE_string("dataroot", "./datasets/synthetic", "Where to write the dataset.")
@@ -36,4 +37,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

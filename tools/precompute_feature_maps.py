@@ -8,8 +8,9 @@ Each `{phase}_label/NAME.png` gets `{phase}_feat/NAME.npy` (float32 [H, W, feat_
 train with --load_features (e.g. a local generator on top of the global model's features).
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import define_flags, options_from_flags
 from pix2pixhd_tf.styles.encoding import precompute_feature_maps
 
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,14 +9,15 @@ its options.json). Writes
 `{results_dir}/{name}/{phase}_{which_epoch}/images/NAME_{input_label,synthesized_image,real_image}.png`
 and an `index.html` there. Feature models (--instance_feat / --label_feat) sample one cluster per instance
 from `{checkpoints_dir}/{name}/clusters.npz` (made by tools/encode_features.py; an official
-features_clustered_010.npy is used only when --cluster_path names it), or encode the real image with
+features_clustered_010.npy, a pickle, is read only with --cluster_path=it --allow_pickle), or encode the real image with
 --use_encoded_image; --style_spec (JSON) picks clusters or feature vectors per instance or class:
 
     {"instances": {"8001": 2, "8002": [0.1, -0.3, 0.5]}, "classes": {"8": 4}}
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import define_flags, options_from_flags
 from pix2pixhd_tf.inference import run_test
 from pix2pixhd_tf.styles import StyleSpec
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

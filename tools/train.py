@@ -6,10 +6,17 @@
 Flags keep the official pix2pixHD names (see `pix2pixhd_tf/options.py` or `--helpfull`); checkpoints,
 TensorBoard logs (`logs/`), `loss_log.txt` and per-epoch samples go to checkpoints_dir/name. Ctrl-C or
 SIGTERM saves a checkpoint first; `--continue_train` picks up exactly where it stopped.
+
+Nothing is lost by accident: a run over an existing experiment is refused (continue it with
+`--continue_train`, or start afresh with another `--name` or `--overwrite_experiment`, which moves the old one
+aside); a file the input pipeline cannot read stops training only after a checkpoint is saved, naming the
+file. `--check_data` decodes the whole dataset before training, to find every bad file up front.
 """
 
-from absl import app
+import shlex
+import sys
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import define_flags, options_from_flags
 from pix2pixhd_tf.training.trainer import finish_message, train
 
@@ -19,8 +26,9 @@ define_flags()
 def main(argv):
     del argv
     opts = options_from_flags()
-    print(finish_message(opts, train(opts)))
+    command = shlex.join(["python", *sys.argv])
+    print(finish_message(opts, train(opts, command=command)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,8 +9,9 @@ Example (the built-in synthetic scenes, a few minutes on a CPU):
 tools/evaluate.py --segmenter. See pix2pixhd_tf/evaluation/segmenter.py.
 """
 
-from absl import app, flags
+from absl import flags
 
+from pix2pixhd_tf import cli
 from pix2pixhd_tf.evaluation import segmenter
 from pix2pixhd_tf.flags import parse_size
 
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

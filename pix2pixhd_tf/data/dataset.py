@@ -40,6 +40,7 @@ Decisions:
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -61,7 +62,16 @@ from pix2pixhd_tf.data.files import (
 )
 from pix2pixhd_tf.options import Options
 
-__all__ = ["DatasetError", "DatasetFiles", "DatasetLayout", "build_dataset", "list_dataset_files", "output_size"]
+__all__ = [
+    "DatasetError",
+    "DatasetFiles",
+    "DatasetLayout",
+    "build_dataset",
+    "find_unreadable_file",
+    "list_dataset_files",
+    "output_size",
+    "sample_order",
+]
 
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -170,6 +180,56 @@ def output_size(opts: Options, width: int, height: int) -> tuple[int, int]:
     return transforms.plan_geometry(opts, width, height).final
 
 
+def sample_order(opts: Options, files: DatasetFiles, seed: int, training: bool = True) -> list[int]:
+    """The order in which `build_dataset(opts, seed=seed, training=training, files=files)` (one input
+    pipeline) reads the samples on its first pass: the same seeded shuffle over the sample indices."""
+    n = len(files)
+    if not training or opts.serial_batches:
+        return list(range(n))
+    order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return [int(i) for i in order.as_numpy_iterator()]
+
+
+def find_unreadable_file(
+    opts: Options, files: DatasetFiles, first: list[int] | tuple[int, ...] = ()
+) -> tuple[str, str] | None:
+    """(path, message) of the first file the input pipeline cannot use, or None if every file decodes.
+
+    Each file is decoded eagerly with the pipeline's own decoder (so it fails where training failed) and
+    label maps are checked against label_nc. The samples `first` are tried first: after a failure during
+    training, the ones the pipeline was reading, so the culprit is usually found after a few files.
+    """
+    loader = _SampleLoader(opts, files, training=False, with_paths=False, static_size=(None, None))
+    kinds = [kind for kind in ("label", "instance", "image", "feat") if getattr(files, kind) is not None]
+    seen = set()
+    for index in [*first, *range(len(files))]:
+        if index in seen or not 0 <= index < len(files):
+            continue
+        seen.add(index)
+        for kind in kinds:
+            info = getattr(files, kind)[index]
+            try:
+                pixels = loader.decode_file(kind, info)
+            except (tf.errors.OpError, DatasetError, OSError, ValueError) as e:
+                if isinstance(e, DatasetError):  # PIL-decoded files: the message already names the file
+                    return info.path, str(e)
+                return info.path, corrupt_message(info.path, DecodeError(op_error_text(e)))
+            if kind == "label" and opts.label_nc > 0 and pixels.size and int(pixels.max()) >= opts.label_nc:
+                return info.path, label_range_message(info.path, int(pixels.max()), opts.label_nc)
+    return None
+
+
+def op_error_text(error: BaseException) -> str:
+    """A TensorFlow error's message on one line, without the `{{function_node ...}}` prefix."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\].*$", "", text, flags=re.DOTALL)
+    return " ".join(text.split())
+
+
+class DecodeError(Exception):
+    """What the pipeline's decoder said about a file (named so in `corrupt_message`)."""
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -233,6 +293,18 @@ class _SampleLoader:
         if self.with_paths:
             sample["path"] = path
         return sample
+
+    def decode_file(self, kind: str, info) -> np.ndarray:
+        """One file decoded eagerly, exactly as this loader decodes it in the graph (for error hunting)."""
+        path, decode = tf.constant(info.path), tf.constant(info.decode)
+        if kind == "feat" and info.decode == DECODE_NPY:
+            return np.load(info.path, allow_pickle=False)
+        if kind == "feat":
+            return self._decode_image(path, decode, 3, [info.decode]).numpy()
+        if kind in ("label", "instance") and not (kind == "label" and self.opts.label_nc == 0):
+            return self._decode_ids(path, decode, [info.decode]).numpy()
+        channels = self.opts.input_nc if kind == "label" else self.opts.output_nc
+        return self._decode_image(path, decode, channels, [info.decode]).numpy()
 
     # Transforms ------------------------------------------------------------------------------------------
 

@@ -26,14 +26,18 @@ Errors are JSON `{"error": message}` with a 4xx status (5xx only for failures of
 | GET | `/api/sessions/{id}/styles.json` | the chosen styles as a StyleSpec (for `tools/test.py --style_spec`); the seed of the others in `X-Seed` |
 | GET | `/api/sessions/{id}/regions/{rid}/styles/{k}.png` | a swatch: a crop of the scene around the region, generated with the region in style cluster k |
 
-Status codes: 404 unknown session/scene/region, 413 upload too large, 415 not a PNG, 422 invalid maps,
-edits or fields, 400 unknown edit operation.
+Status codes: 404 unknown session/scene/region, 413 upload too large (by Content-Length, or counted as a
+chunked body streams: `BodyLimit`), 415 not a PNG, 422 invalid maps, edits or fields (a brush stroke over
+`scene.MAX_STROKE_WORK` pixel tests, a feature vector outside +-`scene.MAX_STYLE_VALUE`), 400 unknown edit
+operation, or (served by `EditorServer`) a Host header that is not a trusted host (`TrustedHosts`).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
+import importlib.util
 import io
 import json
 import logging
@@ -42,7 +46,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -70,7 +74,21 @@ from pix2pixhd_tf.editor.scene import (
 )
 from pix2pixhd_tf.styles import StyleSpec
 
-__all__ = ["DatasetScenes", "EditorServer", "apply_edit", "build_editor", "create_app"]
+if importlib.util.find_spec("python_multipart") is None:  # else FastAPI fails later, with a RuntimeError
+    raise ModuleNotFoundError(
+        "No module named 'python_multipart' (the editor's uploads need it)", name="python_multipart"
+    )
+
+__all__ = [
+    "BodyLimit",
+    "DatasetScenes",
+    "EditorServer",
+    "TrustedHosts",
+    "apply_edit",
+    "build_editor",
+    "create_app",
+    "trusted_hosts_for",
+]
 
 _LOG = logging.getLogger(__name__)
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -304,6 +322,120 @@ def region_overlay(mask: np.ndarray) -> np.ndarray:
     return rgba
 
 
+# ------------------------------------------------------------------------------------------ request guards
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+Scope = dict[str, Any]
+
+
+async def _send_json(send, status: int, body: Mapping[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, by its Content-Length or, for a chunked
+    upload (no Content-Length), by counting the bytes as they arrive; the app never reads more than that.
+
+    Once the limit is passed the app is told the client left (`http.disconnect`), whatever it answers is
+    dropped, and the client gets the 413.
+    """
+
+    def __init__(self, app, *, max_bytes: int, message: str):
+        self.app, self.max_bytes, self.message = app, max_bytes, message
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await _send_json(send, 413, {"error": self.message})
+            return
+        received, over, started = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message) -> None:
+            nonlocal started
+            if over:
+                return
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _send_json(send, 413, {"error": self.message})
+
+
+def _host_name(host_header: str) -> str:
+    """'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1' (lower case)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class TrustedHosts:
+    """ASGI middleware: 400 for a request whose Host header is not one of `hosts` (names or addresses).
+
+    A page on an attacker's domain can rebind that domain's DNS to 127.0.0.1 and then call a local server
+    from the user's browser; its requests still carry the attacker's host name, which this check refuses.
+    `"*"` among the hosts turns the check off.
+    """
+
+    def __init__(self, app, hosts: Sequence[str]):
+        self.app = app
+        self.hosts = frozenset(_host_name(h) for h in hosts if h)
+        self.any = "*" in self.hosts
+
+    @property
+    def state(self):  # the wrapped app's state (backend, sessions) stays reachable
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if _host_name(host) in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await _send_json(
+            send,
+            400,
+            {
+                "error": f"this editor does not answer requests for host {host[:100]!r}; it answers "
+                f"{', '.join(sorted(self.hosts))}: open it by one of those names, or start it with "
+                f"--trusted_hosts={_host_name(host)[:100] or 'NAME'} to allow that one"
+            },
+        )
+
+
+def trusted_hosts_for(host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host names a server bound to `host` answers by default: the loopback names, `host`, and `extra`."""
+    return [*LOCAL_HOSTS, host, *extra]
+
+
 # ------------------------------------------------------------------------------------------ the app
 
 
@@ -354,14 +486,12 @@ def create_app(
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > 2 * limits.max_bytes + 2**16:
-            return JSONResponse(
-                {"error": f"the request is too large; the limit is {limits.describe()}"}, status_code=413
-            )
-        return await call_next(request)
+    # Two files of max_bytes plus the form's overhead; counted as the body streams (chunked uploads too).
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=2 * limits.max_bytes + 2**16,
+        message=f"the request is too large; the limit is {limits.describe()}",
+    )
 
     # ---------------------------------------------------------------- helpers
     def new_scene(label, instance, name: str, styles=None, seed: int = 0) -> Scene:
@@ -594,17 +724,45 @@ def create_app(
 
 class EditorServer:
     """uvicorn serving an app on a socket bound up front (so port 0 gives a known free port), in a thread or
-    in the foreground."""
+    in the foreground.
 
-    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    Only requests whose Host header names `trusted_hosts` are answered (default: 127.0.0.1, localhost, ::1
+    and `host`; see `TrustedHosts`), so a DNS-rebinding page cannot drive a local editor.
+
+    Raises:
+        OSError: the port is taken or the address cannot be bound (the message names both and the fix).
+    """
+
+    def __init__(
+        self,
+        app,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        trusted_hosts: Sequence[str] | None = None,
+    ):
         import uvicorn  # only serving needs it (the app itself runs under a TestClient without it)
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((host, port))
+        try:
+            self.socket.bind((host, port))
+        except OSError as e:
+            self.socket.close()
+            if e.errno == errno.EADDRINUSE:
+                raise OSError(
+                    e.errno,
+                    f"port {port} on {host} is taken (another editor or server?): pass --port=0 for a "
+                    "free one, or another --port",
+                ) from None
+            raise OSError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}): check --host and --port") from None
         self.host, self.port = host, self.socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2))
+        self.app = app
+        self.trusted_hosts = list(trusted_hosts) if trusted_hosts is not None else trusted_hosts_for(host)
+        served = TrustedHosts(app, self.trusted_hosts)
+        self.server = uvicorn.Server(uvicorn.Config(served, log_level=log_level, timeout_graceful_shutdown=2))
         self._thread: threading.Thread | None = None
 
     @property
@@ -645,13 +803,17 @@ def build_editor(
     limits: Limits = DEFAULT_LIMITS,
     host: str = "127.0.0.1",
     port: int = 0,
+    trusted_hosts: Sequence[str] = (),
 ) -> EditorServer:
     """What `tools/editor.py` does: the backend the flags name, the dataset scenes of `phase` (when
     `{dataroot}/{phase}_label` exists) and the app, on a bound (not yet running) server.
 
+    Requests must address 127.0.0.1, localhost, ::1, `host` or one of `trusted_hosts` ("*": any).
+
     Raises:
         FileNotFoundError, ValueError, RuntimeError: from the backend (no checkpoint, a bad export, an
             unreachable TF Serving) or a dataset that does not pair.
+        OSError: the port is taken (the message suggests --port=0).
     """
     backend = make_backend(opts, saved_model=saved_model, serving_url=serving_url, cluster_file=cluster_file)
     phase = phase or opts.phase
@@ -668,4 +830,6 @@ def build_editor(
     if thing_classes is not None:
         classes = classes.with_things(thing_classes)
     app = create_app(backend, classes=classes, scenes=scenes, limits=limits)
-    return EditorServer(app, host=host, port=port, log_level="info")
+    return EditorServer(
+        app, host=host, port=port, log_level="info", trusted_hosts=trusted_hosts_for(host, trusted_hosts)
+    )

@@ -212,7 +212,7 @@ def find_saved_model_version(path: str) -> str:
 
 
 def _bank_for_export(
-    info: Mapping[str, Any], version_dir: str, cluster_file: str | None
+    info: Mapping[str, Any], version_dir: str, cluster_file: str | None, allow_pickle: bool = False
 ) -> tuple[ClusterBank | None, str]:
     """The cluster bank a SavedModel/REST backend computes features from, and where it came from."""
     label_nc, feat_num = info.get("label_nc"), info.get("feat_num") or None
@@ -228,14 +228,14 @@ def _bank_for_export(
         candidates.append(os.path.join(opts["checkpoints_dir"], opts["name"], "clusters.npz"))
     for path in candidates:
         if os.path.isfile(path):
-            return ClusterBank.load(path, label_nc=label_nc, feat_num=feat_num), path
+            return ClusterBank.load(path, label_nc=label_nc, feat_num=feat_num, allow_pickle=allow_pickle), path
     return None, "no cluster bank file (styles come from the export's in-graph sampling and cannot be chosen)"
 
 
 class SavedModelBackend(Backend):
     """An export of `tools/export.py`, loaded with `tf.saved_model.load` (no project code in the graph)."""
 
-    def __init__(self, path: str, *, cluster_file: str | None = None):
+    def __init__(self, path: str, *, cluster_file: str | None = None, allow_pickle: bool = False):
         """
         Args:
             path: a version directory, or the export directory (its highest version is used).
@@ -257,7 +257,7 @@ class SavedModelBackend(Backend):
         self.use_instance = not opts.get("no_instance", False)
         self.label_feat = bool(opts.get("label_feat", False))
         self.clusters, bank_source = (
-            (None, "") if not self.feat_num else _bank_for_export(info, self.path, cluster_file)
+            (None, "") if not self.feat_num else _bank_for_export(info, self.path, cluster_file, allow_pickle)
         )
         self.description = f"SavedModel {self.path}" + (f" (styles: {bank_source})" if self.feat_num else "")
         if self.feat_num and self.clusters is None:
@@ -297,6 +297,7 @@ class RestBackend(Backend):
         label_feat: bool = False,
         cluster_file: str | None = None,
         timeout: float = 60.0,
+        allow_pickle: bool = False,
     ):
         """
         Args:
@@ -323,7 +324,9 @@ class RestBackend(Backend):
         self.feat_num = int(features[-1]) if features else 0
         self.clusters = None
         if self.feat_num and cluster_file:
-            self.clusters = ClusterBank.load(cluster_file, label_nc=self.label_nc, feat_num=self.feat_num)
+            self.clusters = ClusterBank.load(
+                cluster_file, label_nc=self.label_nc, feat_num=self.feat_num, allow_pickle=allow_pickle
+            )
         styles = f"; styles from {cluster_file}" if self.clusters is not None else ""
         self.description = f"TF Serving {self.url}{styles}"
 
@@ -406,7 +409,7 @@ def make_backend(
     if saved_model and serving_url:
         raise ValueError("pass either --saved_model or --serving_url, not both")
     if saved_model:
-        return SavedModelBackend(saved_model, cluster_file=cluster_file)
+        return SavedModelBackend(saved_model, cluster_file=cluster_file, allow_pickle=opts.allow_pickle)
     if serving_url:
         if cluster_file is None and opts.use_features and os.path.isfile(default_cluster_file(opts)):
             cluster_file = default_cluster_file(opts)
@@ -417,5 +420,6 @@ def make_backend(
             use_instance=not opts.no_instance,
             label_feat=opts.label_feat,
             cluster_file=cluster_file if opts.use_features else None,
+            allow_pickle=opts.allow_pickle,
         )
     return CheckpointBackend.from_options(opts, cluster_file=cluster_file)

@@ -10,12 +10,12 @@ Edits (each one undoable; an edit that changes nothing is not recorded):
 
 | edit | what it does |
 |---|---|
-| `paint(points, class_id, radius)` | a brush stroke (discs of `radius` along the polyline). A stuff class paints label = instance = class. A thing class extends `instance_id` if given (it must be of that class), else starts a new object. |
+| `paint(points, class_id, radius)` | a brush stroke (discs of `radius` along the polyline; at most MAX_STROKE_WORK pixel tests, `stroke_mask`). A stuff class paints label = instance = class. A thing class extends `instance_id` if given (it must be of that class), else starts a new object. |
 | `erase(points, radius, class_id=None)` | the eraser: paints the *eraser class*, a stuff class, by default `eraser_class(classes)` (0, the void / "unlabeled" class). |
 | `add_object(points, class_id, radius)` | paints a new instance of a thing class: id `class * 1000 + k`, k the smallest k >= 0 not in the map. |
 | `delete(region_id, fill_class=None)` | removes a region, filled with `fill_class` (a stuff class) or, by default, the majority stuff class of a 3-pixel ring around it (the eraser class if the ring holds no stuff). |
 | `relabel(region_id, class_id)` | changes a region's category. thing -> thing keeps it an object, with the next free id of the new class; -> stuff merges it into that class's region. Its chosen style is dropped (styles are per class). |
-| `restyle(region_id, style)` | picks its appearance: a cluster index of its class, `"random"` (a random cluster index, stored), an explicit feature vector, or None (back to the seeded sample). |
+| `restyle(region_id, style)` | picks its appearance: a cluster index of its class, `"random"` (a random cluster index, stored), an explicit feature vector (finite, each value within +-MAX_STYLE_VALUE), or None (back to the seeded sample). |
 | `reseed(seed)` | new seeded samples for every region without a chosen style. |
 
 Styles (`Scene.styles`) map instance id -> cluster index or feature vector, i.e. a `StyleSpec`'s
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +58,7 @@ __all__ = [
     "eraser_class",
     "load_uploads",
     "read_id_png",
+    "stroke_capacity",
     "stroke_mask",
     "validate_maps",
 ]
@@ -67,6 +67,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_INSTANCES_PER_CLASS = 1000  # ids class*1000 + k with k < 1000 (the Cityscapes convention)
 MAX_INSTANCE_ID = 2**16 - 1  # instance maps are saved as 16-bit PNGs
 DELETE_RING = 3  # pixels around a deleted region whose majority stuff class fills it
+# Pixel tests one brush stroke may make (each segment tests its box): at most ~0.6 s on one core. The page
+# sends a point every radius/4 pixels at radius <= 64, so a stroke of ~2400 points still fits.
+MAX_STROKE_WORK = 48 * 2**20
+# Chosen feature vectors: E's features are tanh outputs in [-1, 1] (so are the cluster centres); +-10 leaves
+# room to exaggerate a style while keeping G's input in a range where it still draws a picture.
+MAX_STYLE_VALUE = 10.0
 
 
 class SceneError(ValueError):
@@ -292,9 +298,24 @@ def _parse_points(points: Any) -> np.ndarray:
     return pts
 
 
+def stroke_capacity(radius: float) -> int:
+    """About how many points a stroke at `radius` may have within MAX_STROKE_WORK when they are radius/4
+    apart, as the page sends them (each segment then tests a box of about (2.25 r + 2)^2 pixels)."""
+    side = int(np.ceil(2.25 * radius)) + 2
+    return max(1, MAX_STROKE_WORK // side**2)
+
+
 def stroke_mask(points: Any, radius: float, shape: tuple[int, int]) -> tuple[Box, np.ndarray] | None:
     """The pixels within `radius` of the polyline through `points` ([x, y] in pixel units, pixel centres at
-    integer coordinates): (box, bool mask of the box), or None when the stroke misses the image."""
+    integer coordinates): (box, bool mask of the box), or None when the stroke misses the image.
+
+    Each segment tests the pixels of its box; the sum over segments may be at most MAX_STROKE_WORK (checked
+    before any work), so one request cannot hold a core for long (10,000 points at radius 512 asked for
+    ~10^10 pixel tests, 25-40 s; the largest accepted stroke now takes well under a second).
+
+    Raises:
+        SceneError (422): bad points or radius, or a stroke over MAX_STROKE_WORK.
+    """
     pts = _parse_points(points)
     if isinstance(radius, bool) or not isinstance(radius, (int, float, np.number)) or not 0.5 <= radius <= 512:
         raise SceneError(f"the brush radius must be a number in 0.5..512 pixels, got {radius!r}")
@@ -306,22 +327,32 @@ def stroke_mask(points: Any, radius: float, shape: tuple[int, int]) -> tuple[Box
     x1 = min(w, int(np.ceil(pts[:, 0].max() + r)) + 1)
     if y0 >= y1 or x0 >= x1:
         return None
+    if len(pts) > 1:  # a repeated point adds nothing to the stroke
+        pts = pts[np.concatenate([[True], np.any(pts[1:] != pts[:-1], axis=1)])]
+    starts, ends = (pts[:-1], pts[1:]) if len(pts) > 1 else (pts, pts)
+    # Each segment is tested over its own box (clipped to the image): bound the total before doing any.
+    sy0 = np.maximum(y0, np.floor(np.minimum(starts[:, 1], ends[:, 1]) - r)).astype(np.int64)
+    sy1 = np.minimum(y1, np.ceil(np.maximum(starts[:, 1], ends[:, 1]) + r).astype(np.int64) + 1)
+    sx0 = np.maximum(x0, np.floor(np.minimum(starts[:, 0], ends[:, 0]) - r)).astype(np.int64)
+    sx1 = np.minimum(x1, np.ceil(np.maximum(starts[:, 0], ends[:, 0]) + r).astype(np.int64) + 1)
+    work = int(np.sum(np.clip(sy1 - sy0, 0, None) * np.clip(sx1 - sx0, 0, None)))
+    if work > MAX_STROKE_WORK:
+        raise SceneError(
+            f"this stroke ({len(pts)} points at radius {radius:g}) would test {work:,} pixels; one edit may test "
+            f"at most {MAX_STROKE_WORK:,} (about {stroke_capacity(r):,} points at this radius): send it as "
+            "shorter strokes or use a smaller radius"
+        )
     mask = np.zeros((y1 - y0, x1 - x0), bool)
-    segments = itertools.pairwise(pts) if len(pts) > 1 else [(pts[0], pts[0])]
-    for a, b in segments:
-        # Each segment only over its own box.
-        sy0 = max(y0, int(np.floor(min(a[1], b[1]) - r)))
-        sy1 = min(y1, int(np.ceil(max(a[1], b[1]) + r)) + 1)
-        sx0 = max(x0, int(np.floor(min(a[0], b[0]) - r)))
-        sx1 = min(x1, int(np.ceil(max(a[0], b[0]) + r)) + 1)
-        if sy0 >= sy1 or sx0 >= sx1:
+    for a, b, top, bottom, left, right in zip(starts, ends, sy0.tolist(), sy1.tolist(), sx0.tolist(), sx1.tolist()):
+        if top >= bottom or left >= right:
             continue
-        ys, xs = np.mgrid[sy0:sy1, sx0:sx1].astype(np.float64)
+        ys = np.arange(top, bottom, dtype=np.float64)[:, None]  # broadcast, not a full grid per segment
+        xs = np.arange(left, right, dtype=np.float64)[None, :]
         d = b - a
         length2 = float(d @ d)
         t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0.0, 1.0) if length2 > 0 else 0.0
         dist2 = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2
-        mask[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] |= dist2 <= r * r
+        mask[top - y0 : bottom - y0, left - x0 : right - x0] |= dist2 <= r * r
     if not mask.any():
         return None
     return (y0, y1, x0, x1), mask
@@ -639,7 +670,12 @@ class Scene:
                 raise SceneError(f"a feature vector must hold numbers, got {style!r}") from None
             if len(vector) != self.feat_num or not np.all(np.isfinite(vector)):
                 raise SceneError(
-                    f"a feature vector needs {self.feat_num} finite numbers (--feat_num), got {list(style)}"
+                    f"a feature vector needs {self.feat_num} finite numbers (--feat_num), got {list(style)[:16]}"
+                )
+            if max(abs(v) for v in vector) > MAX_STYLE_VALUE:
+                raise SceneError(
+                    f"a feature vector's values must lie in -{MAX_STYLE_VALUE:g}..{MAX_STYLE_VALUE:g} (the encoder's "
+                    f"features and cluster centres lie in -1..1), got {list(vector)}: pick a cluster or scale it down"
                 )
             return vector
         if isinstance(style, bool) or not isinstance(style, (int, np.integer)):

@@ -45,11 +45,12 @@ import keras
 
 from pix2pixhd_tf.experiment import load_experiment, load_networks
 from pix2pixhd_tf.options import Options
-from pix2pixhd_tf.serving.endpoints import DEFAULT_SEED, Endpoints
+from pix2pixhd_tf.serving.endpoints import DEFAULT_MAX_PIXELS, DEFAULT_SEED, Endpoints
 from pix2pixhd_tf.serving.tflite import TFLITE_VARIANTS, export_tflite
 from pix2pixhd_tf.styles import ClusterBank
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "DEFAULT_SEED",
     "export_model",
     "export_saved_model",
@@ -63,17 +64,17 @@ logger = logging.getLogger(__name__)
 ClusterBankLike = Any  # ClusterBank | (centers, counts) | {"centers", "counts"} | a bank file | None
 
 
-def resolve_cluster_bank(bank: ClusterBankLike) -> ClusterBank | None:
+def resolve_cluster_bank(bank: ClusterBankLike, *, allow_pickle: bool = False) -> ClusterBank | None:
     """The bank to embed: a `styles.ClusterBank` as it is, a (centers, counts) pair or a mapping with those
-    keys, a bank file (`ClusterBank.load`), or None.
+    keys, a bank file (`ClusterBank.load`; an official pickled .npy only with `allow_pickle`), or None.
 
     Raises:
-        ValueError: centers and counts that do not form a bank.
+        ValueError: centers and counts that do not form a bank; a pickled file without `allow_pickle`.
     """
     if bank is None or isinstance(bank, ClusterBank):
         return bank
     if isinstance(bank, (str, os.PathLike)):
-        return ClusterBank.load(os.fspath(bank))
+        return ClusterBank.load(os.fspath(bank), allow_pickle=allow_pickle)
     if isinstance(bank, Mapping):
         return ClusterBank(bank["centers"], bank["counts"])
     centers, counts = bank
@@ -121,6 +122,12 @@ def _readme(opts: Options, endpoints: Endpoints, table: list[dict[str, Any]], ve
         + "; other sizes and label ids >= label_nc "
         f"({opts.label_nc}) fail with INVALID_ARGUMENT. Images are uint8 0..255.",
         "",
+        f"Limits (set by `tools/export.py --max_pixels/--max_batch_pixels`): at most {endpoints.max_pixels} pixels "
+        f"(height x width) per image and {endpoints.max_batch_pixels} per request; `serving_png` reads each size "
+        "from the PNG header before decoding. Larger requests, a wrong rank or channel count, an empty batch, "
+        "inputs with different batch sizes and bytes that are not a PNG fail with INVALID_ARGUMENT naming the "
+        "input, the limit and what was received.",
+        "",
         "| signature | inputs | outputs |",
         "|---|---|---|",
     ]
@@ -157,6 +164,9 @@ def export_saved_model(
     cluster_bank: ClusterBankLike = None,
     generator: keras.Model | None = None,
     encoder: keras.Model | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_batch_pixels: int | None = None,
 ) -> str:
     """Write a TF Serving SavedModel to `export_dir/<version>/`.
 
@@ -168,6 +178,9 @@ def export_saved_model(
             bank file); None gives zero features to every class, and says so.
         generator, encoder: the networks; when `generator` is None both are loaded from the checkpoint
             (`opts.checkpoints_dir/opts.name`, `opts.which_epoch`).
+        max_pixels: the most pixels (height x width) of one image in a request; larger ones get
+            INVALID_ARGUMENT before any work, so one request cannot exhaust the server's memory.
+        max_batch_pixels: the most pixels in one request, all images together (default `max_pixels`).
 
     Returns:
         The version directory written.
@@ -180,7 +193,7 @@ def export_saved_model(
         generator, _, encoder = load_networks(opts)
     if opts.use_encoder and encoder is None:
         logger.warning("no encoder given for a feature model: the export has no `encode` signature")
-    bank = resolve_cluster_bank(cluster_bank)
+    bank = resolve_cluster_bank(cluster_bank, allow_pickle=opts.allow_pickle)
     if bank is not None and not opts.use_features:
         raise ValueError("a cluster bank was given for a model without features (--instance_feat / --label_feat)")
     if bank is not None and opts.label_nc and bank.label_nc != opts.label_nc:
@@ -190,7 +203,7 @@ def export_saved_model(
             "exporting a feature model without a cluster bank: serving_default and serving_png will use zero "
             "features for every class (noted in assets.extra/README.md)"
         )
-    endpoints = Endpoints(opts, generator, encoder, bank)
+    endpoints = Endpoints(opts, generator, encoder, bank, max_pixels=max_pixels, max_batch_pixels=max_batch_pixels)
 
     version = next_version(export_dir) if version is None else int(version)
     target = os.path.join(export_dir, str(version))
@@ -226,6 +239,8 @@ def export_saved_model(
             "feat_num": opts.feat_num if opts.use_features else 0,
             "cluster_bank": None if bank is None else {"classes": bank.label_nc, "clusters": bank.n_clusters},
             "default_seed": DEFAULT_SEED,
+            "max_pixels": endpoints.max_pixels,
+            "max_batch_pixels": endpoints.max_batch_pixels,
             "signatures": table,
             "options": dataclasses.asdict(opts),
         }
@@ -246,10 +261,12 @@ def export_model(
     cluster_file: str | None = None,
     tflite_size: tuple[int, int] | None = None,
     tflite_variants: Sequence[str] = TFLITE_VARIANTS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_batch_pixels: int | None = None,
 ) -> dict[str, Any]:
     """What `tools/export.py` does: load G (+E) and the cluster bank of an experiment once, write the
     SavedModel version and, if `tflite_size` is given, TFLite files to `export_dir/tflite/<version>/`
-    (TF Serving ignores non-integer directories).
+    (TF Serving ignores non-integer directories). `max_pixels` / `max_batch_pixels`: see `export_saved_model`.
 
     Returns:
         {'saved_model': version dir, 'tflite': {variant: path}, 'cluster_bank': path or None}.
@@ -259,7 +276,16 @@ def export_model(
     if bank is not None:
         bank_path = experiment.cluster_file
         logger.info("embedding the cluster bank %s", bank_path)
-    saved_model = export_saved_model(opts, export_dir, version, bank, generator=generator, encoder=encoder)
+    saved_model = export_saved_model(
+        opts,
+        export_dir,
+        version,
+        bank,
+        generator=generator,
+        encoder=encoder,
+        max_pixels=max_pixels,
+        max_batch_pixels=max_batch_pixels,
+    )
     tflite = {}
     if tflite_size is not None:
         tflite_dir = os.path.join(export_dir, "tflite", os.path.basename(saved_model))

@@ -22,8 +22,9 @@ Facts kept from the official code:
 * Sampling: one cluster per instance, uniformly over the class's clusters (`styles.sampling`). Classes
   without clusters get zero features (the official code leaves that memory uninitialised).
 * The official `features_clustered_010.npy` is a *pickled* dict {label: centres [n, feat_num]} (the
-  relative-area column of `features.npy` is dropped before clustering). It is read only through
-  `load_official_clusters`, only when a user names the file (`ClusterBank.load("...npy")`).
+  relative-area column of `features.npy` is dropped before clustering). Unpickling runs any code the
+  file holds, so it is read only through `load_official_clusters`, only with `allow_pickle=True`
+  (`--allow_pickle`); without it the file is refused with how to convert it once (`PICKLE_REFUSED`).
 
 Cluster file format (`clusters.npz`, written by `ClusterBank.save`, read with `allow_pickle=False`):
 
@@ -241,23 +242,32 @@ class ClusterBank:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, label_nc: int | None = None, feat_num: int | None = None) -> ClusterBank:
-        """Read a cluster bank: our .npz, or (explicitly named) the official pickled `features_clustered_*.npy`.
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        label_nc: int | None = None,
+        feat_num: int | None = None,
+        allow_pickle: bool = False,
+    ) -> ClusterBank:
+        """Read a cluster bank: our .npz, or (with `allow_pickle`) the official pickled `features_clustered_*.npy`.
 
         Args:
             path: the file.
             label_nc, feat_num: if given, what the bank must have (an official file holds no label_nc:
                 it is taken from here, else from its largest class id + 1).
+            allow_pickle: read an official pickled .npy (unpickling runs code: trusted files only).
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: not a cluster file, or label_nc / feat_num differ from the ones given.
+            ValueError: not a cluster file, a pickle without `allow_pickle`, or label_nc / feat_num differ
+                from the ones given.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no cluster file {path}")
         if path.endswith(".npy"):
-            clusters = load_official_clusters(path, feat_num)
+            clusters = load_official_clusters(path, feat_num, allow_pickle=allow_pickle)
             if label_nc is None:
                 label_nc = max(clusters, default=-1) + 1
             bank = cls.from_clusters(clusters, label_nc, feat_num)
@@ -324,26 +334,49 @@ class ClusterBank:
         return d.argmin(axis=1)
 
 
-def load_official_clusters(path: str | os.PathLike, feat_num: int | None = None) -> dict[int, np.ndarray]:
+PICKLE_REFUSED = (
+    "{path} is a pickled .npy (the official features_clustered_*.npy format) and unpickling it would run any "
+    "code it holds, so it was not read. If you trust it, convert it once to a pickle-free bank: "
+    "python tools/convert_checkpoint.py --clusters_file={path} --allow_pickle --name=NAME "
+    "--checkpoints_dir=DIR (writes DIR/NAME/clusters.npz; use that), or pass --allow_pickle to read it as it is."
+)
+
+
+def load_official_clusters(
+    path: str | os.PathLike, feat_num: int | None = None, *, allow_pickle: bool = False
+) -> dict[int, np.ndarray]:
     """Read the official `features_clustered_010.npy`: {label id: k-means centres [n_clusters, feat_num]}.
 
     The official encode_features.py saves `np.save(path, {label: KMeans.cluster_centers_})`, a pickled
     dict; the relative-area column of its `features.npy` is dropped before clustering, so the centres have
     feat_num columns. Labels without instances are absent and a label may have fewer than n_clusters rows.
 
-    Unpickling can run code: this is the only place that calls `np.load(allow_pickle=True)`, and it is
-    called only for a file the user names (`--clusters_file`, `--cluster_path`). Load only files you trust.
+    Unpickling can run code: this is the only place that calls `np.load(allow_pickle=True)`, and only
+    when the caller opts in (`allow_pickle=True`, from `--allow_pickle`); otherwise the file is read with
+    `allow_pickle=False` (which never unpickles) and refused with how to convert it once.
 
     Args:
         path: the .npy file.
         feat_num: if given, the number of columns every array must have.
+        allow_pickle: unpickle the file (trusted files only).
 
     Returns:
         Label id -> float32 array [n, feat_num].
 
     Raises:
-        ValueError: the file is not such a dict, or its width differs from feat_num.
+        ValueError: the file is not such a dict, is a pickle and `allow_pickle` is False, or its width differs
+            from feat_num.
     """
+    if not allow_pickle:
+        try:  # numpy refuses object arrays and raw pickles here without unpickling anything
+            np.load(os.fspath(path), allow_pickle=False)
+        except ValueError as e:
+            if "pickle" not in str(e):
+                raise ValueError(f"{path} is not an official cluster file ({e})") from e
+            raise ValueError(PICKLE_REFUSED.format(path=os.fspath(path))) from None
+        except OSError as e:
+            raise ValueError(f"{path} is not an official cluster file ({e})") from e
+        raise ValueError(f"{path} is not an official cluster file (a pickled dict of label -> cluster centres).")
     data = np.load(os.fspath(path), allow_pickle=True, encoding="latin1")
     is_dict = (
         isinstance(data, np.ndarray) and data.dtype == object and data.shape == () and isinstance(data.item(), dict)

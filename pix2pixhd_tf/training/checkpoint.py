@@ -10,6 +10,7 @@ so `--continue_train` resumes exactly. Tools that only need G and E read it part
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -63,16 +64,44 @@ def make_checkpoint(
 
 
 def save(checkpoint: tf.train.Checkpoint, directory: str) -> str:
-    """Write atomically: into a sibling temp dir, then swap it in, so a kill mid-save never loses the old one."""
-    tmp = directory.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write atomically: into a sibling `.tmp` dir, then swap it in, so a kill mid-save never loses the old one.
+
+    Any leftover of an interrupted save is cleared on the way, in an order that keeps a readable copy
+    (`directory`, or `directory.old` when a save was killed between its renames, see `find`) at every moment:
+    `.old` is removed only while `directory` is complete, or once the new copy has taken its place. A `.tmp`
+    is never read: it is a partial write, or (a save killed between its renames) a copy whose completeness
+    cannot be told, newer than `.old` by at most one save interval.
+    """
+    directory = directory.rstrip("/")
+    tmp, old = directory + ".tmp", directory + ".old"
+    _remove(tmp)
     path = checkpoint.write(os.path.join(tmp, "ckpt"))
-    old = directory.rstrip("/") + ".old"
-    if os.path.exists(directory):
+    if _is_complete(directory):
+        _remove(old)  # a stale copy: `directory` is the good one
         os.replace(directory, old)
+    else:
+        _remove(directory)  # missing or partial: the good copy, if any, is `old`, kept until the swap
     os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     return path.replace(tmp, directory)
+
+
+def _is_complete(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "ckpt.index"))
+
+
+def _remove(path: str) -> None:
+    """Delete a leftover file or folder; fail naming it when that is impossible (e.g. permissions)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    if os.path.lexists(path):
+        raise OSError(
+            f"cannot remove {path}, a leftover of an interrupted checkpoint save: delete it by hand (check its "
+            "permissions), then run again"
+        )
 
 
 def find(directory: str) -> str | None:
@@ -90,11 +119,29 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> str:
     if path is None:
         raise FileNotFoundError(
             f"no checkpoint in {directory}: check --checkpoints_dir, --name and --which_epoch "
-            f"(available: {', '.join(available_checkpoints(os.path.dirname(directory))) or 'none'})"
+            f"(available: {_available_text(directory)})"
         )
-    status = checkpoint.read(path)
     try:
+        status = checkpoint.read(path)
         status.assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError) as err:
+        # Truncated or overwritten files: "Read less bytes than requested" (an IndexError from the reader),
+        # "not an sstable (bad magic number)".
+        detail = " ".join(str(getattr(err, "message", None) or err).split())[:200]
+        raise ValueError(
+            f"the checkpoint {path} cannot be read ({detail}): its files "
+            f"({path}.index, {path}.data-*) are truncated or corrupt, e.g. an unfinished copy. Copy it again, "
+            f"or use another one with --which_epoch (available: {_available_text(directory)})"
+        ) from None
+    except ValueError as err:
+        if "incompatible tensor with shape" not in str(err):
+            raise
+        raise ValueError(
+            f"the checkpoint {path} holds networks of other sizes than these flags build "
+            f"({' '.join(str(err).split())[:300]}): pass the flags it was trained with (its options.json, e.g. "
+            "the same --flagfile); --ngf, --ndf, --n_downsample_global, --n_blocks_global, --label_nc, "
+            "--feat_num and --nef decide the shapes"
+        ) from None
     except AssertionError as err:
         missing = sorted({m.group(1) for m in re.finditer(r"path=([\w/]+)", str(err))})
         raise ValueError(
@@ -106,6 +153,10 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> str:
         ) from None
     status.expect_partial()
     return path
+
+
+def _available_text(directory: str) -> str:
+    return ", ".join(available_checkpoints(os.path.dirname(directory.rstrip("/")))) or "none"
 
 
 def available_checkpoints(base: str) -> list[str]:

@@ -5,6 +5,10 @@ the official train.py: epochs counted from 1, LR constant for niter epochs then 
 niter_decay, the global G held fixed for the first niter_fix_global epochs of a local G. Every epoch's
 data order and crops come from (seed, epoch), so a run resumed mid-epoch sees exactly the batches the
 uninterrupted run would have seen.
+
+Nothing is lost: `train` refuses to start over an existing experiment (`check_experiment_dir`), and a file
+the input pipeline cannot read ends training only after the steps done are saved, with a message naming
+the file (found by decoding the samples the pipeline was reading) and how to resume.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from pix2pixhd_tf import visualize
 from pix2pixhd_tf.data.classes import SYNTHETIC, ClassTable
-from pix2pixhd_tf.data.dataset import build_dataset
-from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.dataset import build_dataset, find_unreadable_file, op_error_text, sample_order
+from pix2pixhd_tf.data.files import DatasetError, DatasetFiles, DatasetLayout, list_dataset_files
 from pix2pixhd_tf.data.synthetic import ensure_synthetic_dataset
+from pix2pixhd_tf.experiment import check_experiment_options
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf.training import distribute
@@ -67,6 +73,78 @@ def prepare_data(opts: Options) -> None:
             width=opts.loadSize,
             seed=opts.seed,
         )
+
+
+def check_experiment_dir(opts: Options, command: str | None = None) -> None:
+    """Never let a new run overwrite an experiment: call before building anything.
+
+    Without --continue_train, an experiment directory that already holds a checkpoint is refused (its first
+    save would replace the old run's `latest`), unless --overwrite_experiment asks to move it aside first.
+    With --continue_train, the architecture flags are checked against the experiment's options.json, so a
+    wrong --ngf is named as such rather than as a shape error deep in the checkpoint.
+
+    Args:
+      opts: the training options.
+      command: the command line that was run (for the two commands the refusal suggests); default generic.
+
+    Raises:
+      FileExistsError: the experiment exists and neither --continue_train nor --overwrite_experiment is given.
+      FileNotFoundError: --continue_train without a checkpoint to continue from.
+      ValueError: --continue_train with flags that differ from the trained ones, or with --overwrite_experiment.
+    """
+    directory = ckpt.experiment_dir(opts)
+    existing = ckpt.available_checkpoints(directory)
+    if opts.continue_train:
+        if opts.overwrite_experiment:
+            raise ValueError("--continue_train and --overwrite_experiment contradict each other: pass one of them")
+        which = ckpt.checkpoint_dir(directory, opts.which_epoch)
+        if ckpt.find(which) is None:
+            raise FileNotFoundError(
+                f"--continue_train: no checkpoint {which} (available: {', '.join(existing) or 'none'}); check "
+                "--checkpoints_dir, --name and --which_epoch, or drop --continue_train to start a new experiment"
+            )
+        check_experiment_options(opts)
+        return
+    if not existing:
+        return
+    if opts.overwrite_experiment:
+        aside = f"{directory.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            os.replace(directory, aside)
+        except FileNotFoundError:  # another worker of the same run moved it first
+            return
+        print(f"--overwrite_experiment: moved the earlier experiment to {aside}")
+        return
+    command = command or "python tools/train.py <the same flags>"
+    raise FileExistsError(
+        f"{directory} already holds an experiment ({_describe_experiment(directory, existing)}); a new run would "
+        f"overwrite it, so nothing was started. To continue it: {command} --continue_train . To start afresh: "
+        f"pass another --name, or {command} --overwrite_experiment (moves the old one to "
+        f"{os.path.basename(directory.rstrip(os.sep))}.replaced-<date>-<time> beside it)"
+    )
+
+
+def _describe_experiment(directory: str, existing: list[str]) -> str:
+    """'checkpoints latest, epoch_20; 1165 steps trained' (the step count when the checkpoint says it)."""
+    text = f"checkpoints {', '.join(existing)}"
+    path = ckpt.find(ckpt.checkpoint_dir(directory, ckpt.LATEST))
+    try:
+        steps = tf.train.load_checkpoint(path).get_tensor("position/global_step/.ATTRIBUTES/VARIABLE_VALUE")
+        return f"{text}; {int(steps)} steps trained"
+    except Exception:  # noqa: BLE001 - only decoration: a converted or damaged checkpoint lacks the count
+        return text
+
+
+@contextlib.contextmanager
+def _quiet_tf_info():
+    """Hold back TensorFlow's INFO log lines (e.g. the checkpoint writer's "Sharding callback duration")
+    that would otherwise be glued onto the progress bar at every save."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 class _StopRequested:
@@ -128,8 +206,10 @@ class Trainer:
         strategy: tf.distribute.Strategy | None = None,
         vgg: keras.Model | None = None,
         optimizers: Callable[[Options], tuple] = make_optimizers,
+        files: DatasetFiles | None = None,
     ):
-        """`optimizers(opts)` makes G's and D's optimizers (inside the strategy scope); Adam by default."""
+        """`optimizers(opts)` makes G's and D's optimizers (inside the strategy scope); Adam by default.
+        `files`: the dataset's files, already listed (and checked); listed on first use otherwise."""
         self.opts = opts
         set_precision_policy(opts)
         self.strategy = strategy or distribute.make_strategy(opts)
@@ -150,7 +230,7 @@ class Trainer:
             self.position,
         )
         self._step_fn = None
-        self._files = None
+        self._files = files
 
     # ------------------------------------------------------------------ state
     def restore_or_initialise(self) -> None:
@@ -169,7 +249,8 @@ class Trainer:
     def save(self, which: str = ckpt.LATEST) -> None:
         """Every worker takes part (variables are read collectively); only the chief's copy is kept."""
         directory = ckpt.checkpoint_dir(self.write_dir, which)
-        ckpt.save(self.checkpoint, directory)
+        with _quiet_tf_info():
+            ckpt.save(self.checkpoint, directory)
         if not self.is_chief:
             shutil.rmtree(self.write_dir, ignore_errors=True)
 
@@ -178,7 +259,7 @@ class Trainer:
     def files(self):
         """The dataset's files, listed and checked once (missing, unpaired or corrupt files fail here)."""
         if self._files is None:
-            self._files = list_dataset_files(DatasetLayout.of(self.opts), phase=self.opts.phase)
+            self._files = list_data(self.opts)
         return self._files
 
     def epoch_dataset(self, epoch: int, skip: int):
@@ -200,6 +281,29 @@ class Trainer:
                 f"--batchSize={self.opts.batchSize} is larger than the dataset ({len(self.files)} samples)"
             )
         return min(steps, self.opts.steps_per_epoch) if self.opts.steps_per_epoch else steps
+
+    def _data_error(self, err: BaseException, epoch: int, saved: bool = True) -> DatasetError:
+        """The error a data failure mid-training ends with: the file, the saved position, how to go on."""
+        files, step = self.files, int(self.position.step_in_epoch)
+        kinds = [getattr(files, kind) for kind in ("label", "instance", "image", "feat") if getattr(files, kind)]
+        named = [i for i in range(len(files)) if any(infos[i].path in str(err) for infos in kinds)]
+        first = named + [
+            i for i in sample_order(self.opts, files, epoch_seed(self.opts.seed, epoch))[step * self.opts.batchSize :]
+        ]
+        found = find_unreadable_file(self.opts, files, first)
+        detail = found[1] if found else f"the input pipeline failed: {op_error_text(err)}"
+        where = ckpt.checkpoint_dir(self.dir, ckpt.LATEST)
+        kept = (
+            f"every step done is saved in {where}"
+            if saved
+            else f"the last periodic checkpoint in {where} is kept (a multi-worker run cannot save on one worker alone)"
+        )
+        return DatasetError(
+            f"{detail} Training stopped at epoch {epoch}, step {step} of the epoch ({int(self.position.global_step)} "
+            f"steps in all), and {kept}: fix or remove the file, then resume with the same flags and "
+            "--continue_train. To find every bad file before training, add --check_data (decodes the whole "
+            "dataset once)."
+        )
 
     # ------------------------------------------------------------------ steps
     def _distributed_step(self, batch):
@@ -245,7 +349,20 @@ class Trainer:
                 self.set_epoch(epoch)
                 first = int(self.position.step_in_epoch)
                 logger.start_epoch(epoch, steps_per_epoch, first)
-                for batch in self.epoch_dataset(epoch, first):
+                batches = iter(self.epoch_dataset(epoch, first))
+                while True:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        break
+                    except (tf.errors.OpError, DatasetError) as err:  # a file the pipeline cannot read
+                        logger.interrupt()
+                        # Keep every step done so far, as Ctrl-C does. Not under MultiWorkerMirroredStrategy: a save
+                        # is collective there, and the other workers, which read other files, would never join it.
+                        saved = not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                        if saved:
+                            self.save()
+                        raise self._data_error(err, epoch, saved) from None
                     self._distributed_step(batch)(batch)
                     done += 1
                     self.position.step_in_epoch.assign_add(1)
@@ -291,6 +408,11 @@ class TrainingLogger:
         self.bar = None
         self.sample: dict | None = None
         self.start_time = time.time()
+        # Losses that are switched off (e.g. G_VGG with --no_vgg_loss) stay 0: not shown, only returned.
+        off = {"G_VGG"} if model.vgg is None else set()
+        if not model.use_gan_feat_loss:
+            off.add("G_GAN_Feat")
+        self.shown = [name for name in model.trackers if name not in off]
         self.palette = ClassTable.for_dataset(opts.dataroot, opts.label_nc).palette  # the label maps' colours
 
     def __enter__(self):
@@ -312,7 +434,7 @@ class TrainingLogger:
         for tracker in self.model.metrics:
             tracker.reset_state()
         if self.enabled:
-            self.bar = keras.utils.Progbar(steps, stateful_metrics=list(self.model.trackers), unit_name="step")
+            self.bar = _ResumedProgbar(steps, first, stateful_metrics=list(self.model.trackers), unit_name="step")
             print(f"Epoch {epoch}/{total_epochs(self.opts)} (lr {learning_rate(self.opts, epoch):.6g})")
             if first:
                 self.bar.update(first)
@@ -323,19 +445,25 @@ class TrainingLogger:
         self.last_losses = losses
         if not self.enabled:
             return
-        self.bar.update(step_in_epoch, list(losses.items()))
+        shown = [(name, losses[name]) for name in self.shown]
+        self.bar.update(step_in_epoch, shown)
         if self.sample is None:
             self.sample = _first_replica(batch, strategy)
         if global_step % self.opts.print_freq == 0:
             with self.writer.as_default(step=global_step):
-                for name, value in losses.items():
+                for name, value in shown:
                     tf.summary.scalar(name, value)
-            line = " ".join(f"{k}: {v:.3f}" for k, v in losses.items())
+            line = " ".join(f"{k}: {v:.3f}" for k, v in shown)
             self.loss_log.write(f"(epoch: {self.epoch}, iters: {step_in_epoch}, step: {global_step}) {line}\n")
             self.loss_log.flush()
         if global_step % self.opts.display_freq == 0:
             with self.writer.as_default(step=global_step):
                 tf.summary.image("label | generated | real", self.grid()[None])
+
+    def interrupt(self) -> None:
+        """End the bar's line, so that what is printed next starts on a line of its own."""
+        if self.enabled and self.bar is not None:
+            print(flush=True)
 
     def grid(self) -> np.ndarray:
         """Coloured label map | generated | real for the first sample of the first batch seen."""
@@ -357,16 +485,41 @@ class TrainingLogger:
         print(f"End of epoch {epoch}: {time.time() - self.epoch_start:.0f} s")
 
 
+class _ResumedProgbar(keras.utils.Progbar):
+    """A Progbar that starts at step `initial` of `target` (a resumed epoch), with its rate and ETA counted
+    from there: Keras' own would divide the time since the start by every step, skipped ones included."""
+
+    def __init__(self, target: int, initial: int = 0, **kwargs):
+        super().__init__(target, **kwargs)
+        self.initial = initial
+
+    def _estimate_step_duration(self, current, now):
+        return super()._estimate_step_duration(max(0, current - self.initial), now)
+
+
 def _first_replica(batch, strategy) -> dict:
     local = strategy.experimental_local_results(batch)[0] if hasattr(strategy, "experimental_local_results") else batch
     return {k: v[:1] for k, v in local.items()}
 
 
+def list_data(opts: Options) -> DatasetFiles:
+    """The training files, checked: headers always, every file decoded with --check_data."""
+    return list_dataset_files(DatasetLayout.of(opts), phase=opts.phase, deep_check=opts.check_data)
+
+
 def train(
-    opts: Options, max_steps: int | None = None, optimizers: Callable[[Options], tuple] = make_optimizers
+    opts: Options,
+    max_steps: int | None = None,
+    optimizers: Callable[[Options], tuple] = make_optimizers,
+    command: str | None = None,
 ) -> TrainResult:
-    """Prepare the data, build or resume the experiment and train it."""
+    """Check the experiment directory and the data, then build or resume the experiment and train it.
+
+    `command`: the command line that was run, quoted in the message when an existing experiment is refused.
+    """
+    check_experiment_dir(opts, command)
     prepare_data(opts)
-    trainer = Trainer(opts, optimizers=optimizers)
+    files = list_data(opts)
+    trainer = Trainer(opts, optimizers=optimizers, files=files)
     trainer.restore_or_initialise()
     return trainer.train(max_steps=max_steps)
