@@ -7,7 +7,7 @@ and environment settings such as `TF_ENABLE_ONEDNN_OPTS` take effect before Tens
 | suite     | what                                                                                     |
 |-----------|------------------------------------------------------------------------------------------|
 | matmul    | the machine's fp32 matmul rate (TensorFlow and numpy, best of N), the yardstick below      |
-| generator | G forward: Keras eager call, tf.function, tf.function(jit_compile=True), SavedModel        |
+| generator | G forward: Keras eager call, tf.function, tf.function(jit_compile=True), SavedModel, ONNX Runtime CPU (opt-in) |
 | tflite    | G forward as TFLite float32 / float16 / dynamic_range, and each one's error vs Keras       |
 | train     | `Pix2PixHD.train_step` (G + multi-scale D, Adam) with/without VGG, with/without XLA        |
 | torch     | the PyTorch reference modules (pix2pixhd_tf/testing/torch_reference.py): G forward, official iteration   |
@@ -46,7 +46,9 @@ from pix2pixhd_tf.options import Options
 
 SUITES = ("matmul", "generator", "tflite", "train", "torch")
 NETS = ("global", "local")
-GENERATOR_MODES = ("eager", "function", "xla", "saved_model")
+GENERATOR_MODES = ("eager", "function", "xla", "saved_model", "onnx")
+# 'onnx' needs the optional extra `.[onnx]`, so it runs only when asked for (--generator_modes=...,onnx).
+DEFAULT_GENERATOR_MODES = ("eager", "function", "xla", "saved_model")
 TFLITE_VARIANTS = ("float32", "float16", "dynamic_range")
 ONEDNN_SETTINGS = ("default", "0", "1")
 
@@ -189,6 +191,7 @@ def environment() -> Record:
         "torch": _version("torch"),
         "numpy": _version("numpy"),
         "ai_edge_litert": _version("ai-edge-litert"),
+        "onnxruntime": _version("onnxruntime"),
         "TF_ENABLE_ONEDNN_OPTS": onednn if onednn is not None else "unset (TensorFlow's default: on for x86 CPUs)",
         "git_commit": _git_commit(),
         "load_average": load_average(),
@@ -418,14 +421,15 @@ def generator_latency(
     size: Sequence[int] = (256, 512),
     runs: int = 5,
     warmup: int = 1,
-    modes: Sequence[str] = GENERATOR_MODES,
+    modes: Sequence[str] = DEFAULT_GENERATOR_MODES,
     overrides: Mapping[str, Any] | None = None,
 ) -> list[Record]:
     """Batch-1 forward latency of a random-weight generator, one record per mode.
 
     Modes: 'eager' (`generator(x)` op by op), 'function' (tf.function), 'xla' (tf.function(jit_compile=True)),
     'saved_model' (`serving_default` of `export.export_saved_model`, label/instance int32 in, uint8 out:
-    includes the in-graph one-hot and boundary map). The other modes take the encoded input map.
+    includes the in-graph one-hot and boundary map), 'onnx' (`serving.onnx_export.export_onnx` run by ONNX
+    Runtime on CPU, the same inputs and outputs as 'saved_model'). The other modes take the encoded input map.
     """
     import tensorflow as tf
 
@@ -457,6 +461,15 @@ def generator_latency(
         elif mode in ("function", "xla"):
             compiled = tf.function(lambda t: generator(t, training=False), jit_compile=mode == "xla", autograph=False)
             fn = lambda c=compiled: c(x).numpy()
+        elif mode == "onnx":
+            from pix2pixhd_tf.serving.onnx_export import export_onnx, onnx_session
+
+            start = time.perf_counter()
+            path = export_onnx(opts, tempfile.mkdtemp(prefix="p2phd-bench-onnx-"), generator=generator)
+            export_s = time.perf_counter() - start
+            session = onnx_session(path)
+            feed = {"label": label, "instance": instance}
+            fn = lambda s=session, feed=feed: s.run(None, feed)[0]
         else:
             from pix2pixhd_tf.serving.saved_model import export_saved_model
 
@@ -468,7 +481,7 @@ def generator_latency(
             inputs = {"label": tf.constant(label), "instance": tf.constant(instance)}
             fn = lambda s=serving, inputs=inputs: s(**inputs)["image"].numpy()
         record = {**common, "mode": mode, **time_calls(fn, runs, warmup)}
-        if mode == "saved_model":
+        if mode in ("saved_model", "onnx"):
             record["export_s"] = round(export_s, 2)
         records.append(record)
     for record in records:
@@ -887,7 +900,7 @@ def plan_cases(
     vgg: Sequence[bool] = (False, True),
     xla: Sequence[bool] = (False, True),
     onednn: Sequence[str] = ("default",),
-    generator_modes: Sequence[str] = GENERATOR_MODES,
+    generator_modes: Sequence[str] = DEFAULT_GENERATOR_MODES,
     tflite_variants: Sequence[str] = TFLITE_VARIANTS,
     matmul_n: int = 4096,
     matmul_runs: int = 5,
@@ -1238,7 +1251,7 @@ def to_markdown(results: Record) -> str:
     out.append(
         f"{env['date']} · {env['cpu_model']} · {env['nproc']} cores ({', '.join(env['cpu_flags'])}) · {env['memory_gib']} GiB · "
         f"Python {env['python']} · TensorFlow {env['tensorflow']} · Keras {env['keras']} · torch {env['torch']} · "
-        f"numpy {env['numpy']} · ai-edge-litert {env['ai_edge_litert']} · TF_ENABLE_ONEDNN_OPTS: {env['TF_ENABLE_ONEDNN_OPTS']} · "
+        f"numpy {env['numpy']} · ai-edge-litert {env['ai_edge_litert']} · onnxruntime {env.get('onnxruntime')} · TF_ENABLE_ONEDNN_OPTS: {env['TF_ENABLE_ONEDNN_OPTS']} · "
         f"commit {env['git_commit']}"
     )
     out.append("")
@@ -1274,7 +1287,9 @@ def to_markdown(results: Record) -> str:
         ]
         out.append(_table(columns, rows, sort=False))
     gen = [
-        {**r, "runtime": f"Keras {r['mode']}", "gflop": r["flops"] / 1e9} for r in records if r["suite"] == "generator"
+        {**r, "runtime": "ONNX Runtime CPU" if r["mode"] == "onnx" else f"Keras {r['mode']}", "gflop": r["flops"] / 1e9}
+        for r in records
+        if r["suite"] == "generator"
     ]
     gen += [
         {**r, "runtime": "PyTorch no_grad", "onednn": "–", "gflop": r["torch_flops"] / 1e9, "vs_torch_time": 1.0}
@@ -1286,7 +1301,7 @@ def to_markdown(results: Record) -> str:
         out.append(
             "GFLOP: convolutions only, 2 per multiply-add, transposed convs over their input pixels (the PyTorch rows: "
             "torch.utils.flop_counter's count, which agrees). 'of matmul' = GFLOP/s ÷ TensorFlow's fp32 matmul rate. "
-            "SavedModel rows include the in-graph one-hot, boundary map and uint8 conversion."
+            "SavedModel and ONNX Runtime rows include the in-graph one-hot, boundary map and uint8 conversion."
         )
     tfl = [r for r in records if r["suite"] == "tflite"]
     if tfl:

@@ -69,6 +69,25 @@ def test_generator_flops_match_torch_flop_counter(net):
     assert ours == counter.get_total_flops()
 
 
+def test_onnx_generator_mode():
+    """The opt-in 'onnx' runtime: export_onnx + ONNX Runtime CPU, timed like the SavedModel row."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    assert "onnx" in harness.GENERATOR_MODES and "onnx" not in harness.DEFAULT_GENERATOR_MODES
+    common = dict(size=SIZE, runs=1, warmup=0, overrides=TINY)
+    (function, onnx) = harness.run_case("generator_latency", dict(modes=["function", "onnx"], **common))
+    assert onnx["mode"] == "onnx" and TIMING_KEYS <= onnx.keys() and len(onnx["times_s"]) == 1
+    assert onnx["export_s"] > 0 and onnx["flops"] == function["flops"] > 0
+    results = {
+        "environment": {**harness.environment(), "load_average_before": [0.1] * 3, "load_average_after": [0.2] * 3},
+        "records": [{**r, "onednn": "default"} for r in (function, onnx)],
+        "targets": [],
+        "errors": [],
+    }
+    markdown = harness.to_markdown(results)
+    assert "ONNX Runtime CPU" in markdown and "Keras function" in markdown
+
+
 def test_suites_return_records_and_markdown():
     pytest.importorskip("torch")
     common = dict(size=SIZE, runs=1, warmup=0, overrides=TINY)

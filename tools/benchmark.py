@@ -35,7 +35,11 @@ flags.DEFINE_list("xla", ["off", "on"], "Train step without (off) and/or with (o
 flags.DEFINE_list(
     "onednn", ["default"], "TF_ENABLE_ONEDNN_OPTS settings for the train and generator suites: default (unset), 0, 1."
 )
-flags.DEFINE_list("generator_modes", list(harness.GENERATOR_MODES), "Generator runtimes to time.")
+flags.DEFINE_list(
+    "generator_modes",
+    list(harness.DEFAULT_GENERATOR_MODES),
+    f"Generator runtimes to time, any of {', '.join(harness.GENERATOR_MODES)} (onnx needs `pip install .[onnx]`).",
+)
 flags.DEFINE_list("tflite_variants", list(harness.TFLITE_VARIANTS), "TFLite variants to convert and time.")
 flags.DEFINE_integer("runs", 5, "Timed calls per configuration (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed calls after the first one (which is reported as first_call_s).")

@@ -1,8 +1,9 @@
-"""Export a trained model for TF Serving (a versioned SavedModel) and, optionally, TFLite.
+"""Export a trained model for TF Serving (a versioned SavedModel) and, optionally, TFLite and ONNX.
 
     python tools/export.py --flagfile=configs/local.cfg --export_dir=exported/label2city
     python tools/export.py --flagfile=configs/cityscapes_512p.cfg --export_dir=/models/pix2pixhd \\
         --tflite_size=256x512 --tflite_variants=float32,float16,dynamic_range
+    python tools/export.py --flagfile=configs/local.cfg --export_dir=exported/label2city --formats=saved_model,onnx
 
 Pass the flags the experiment was trained with (checked against its options.json). Writes
 `{export_dir}/{version}/` (the next free integer version unless --version is given) with the signatures
@@ -10,7 +11,9 @@ Pass the flags the experiment was trained with (checked against its options.json
 for feature models, `generate_with_seed`, `generate_with_features` and `encode`; `assets.extra/README.md`
 in the version lists them. Feature models embed `{checkpoints_dir}/{name}/clusters.npz` (or --cluster_path)
 to sample styles in-graph; without one they use zero features and say so. TFLite files (fixed size,
-batch 1, generator only) go to `{export_dir}/tflite/{version}/`. See export/README.md for serving.
+batch 1, generator only) go to `{export_dir}/tflite/{version}/`; the ONNX model (--formats=...,onnx:
+dynamic N, H, W, generator only, needs `pip install .[onnx]`) to `{export_dir}/onnx/{version}/{name}.onnx`.
+See export/README.md for serving.
 
 Every signature refuses requests above --max_pixels per image (default 2048x2048, twice Cityscapes'
 1024x2048) and --max_batch_pixels per request (default: the same) with INVALID_ARGUMENT, before any work,
@@ -21,7 +24,7 @@ from absl import flags
 
 from pix2pixhd_tf import cli
 from pix2pixhd_tf.flags import define_flags, options_from_flags, parse_size
-from pix2pixhd_tf.serving.saved_model import export_model
+from pix2pixhd_tf.serving.saved_model import EXPORT_FORMATS, export_model
 from pix2pixhd_tf.serving.tflite import TFLITE_VARIANTS
 
 define_flags()
@@ -29,6 +32,17 @@ flags.DEFINE_string("export_dir", None, "The model's base path for TF Serving: v
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one; never overwrites).")
 flags.DEFINE_string("tflite_size", "", "Also write TFLite models at this HEIGHTxWIDTH (e.g. 256x512); '' = none.")
 flags.DEFINE_list("tflite_variants", list(TFLITE_VARIANTS), f"TFLite variants: any of {', '.join(TFLITE_VARIANTS)}.")
+flags.DEFINE_list(
+    "formats",
+    [],
+    f"Formats to write, any of {', '.join(EXPORT_FORMATS)} (tflite needs --tflite_size); default: saved_model, "
+    "plus tflite when --tflite_size is given.",
+)
+flags.DEFINE_bool(
+    "onnx_float16",
+    False,
+    "With --formats=...,onnx, also write {name}_float16.onnx: float16 weights (half the file), float32 compute.",
+)
 flags.DEFINE_string(
     "max_pixels",
     "2048x2048",
@@ -68,14 +82,21 @@ def main(argv):
         tflite_variants=FLAGS.tflite_variants,
         max_pixels=pixel_count(FLAGS.max_pixels, "max_pixels"),
         max_batch_pixels=pixel_count(FLAGS.max_batch_pixels, "max_batch_pixels") if FLAGS.max_batch_pixels else None,
+        formats=FLAGS.formats or None,
+        onnx_float16=FLAGS.onnx_float16,
     )
-    print(f"SavedModel: {result['saved_model']}")
-    if result["cluster_bank"]:
-        print(f"cluster bank: {result['cluster_bank']}")
-    elif opts.use_features:
-        print("no cluster bank: sampled styles use zero features (see assets.extra/README.md in the version)")
+    if result["saved_model"]:
+        print(f"SavedModel: {result['saved_model']}")
+        if result["cluster_bank"]:
+            print(f"cluster bank: {result['cluster_bank']}")
+        elif opts.use_features:
+            print("no cluster bank: sampled styles use zero features (see assets.extra/README.md in the version)")
     for variant, path in result["tflite"].items():
         print(f"TFLite {variant}: {path}")
+    if result["onnx"]:
+        print(f"ONNX: {result['onnx']}")
+    if result["onnx_float16"]:
+        print(f"ONNX float16 weights: {result['onnx_float16']}")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,14 @@ import keras
 from pix2pixhd_tf.experiment import load_experiment, load_networks
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.serving.endpoints import DEFAULT_MAX_PIXELS, DEFAULT_SEED, Endpoints
+from pix2pixhd_tf.serving.onnx_export import export_onnx, float16_weights
 from pix2pixhd_tf.serving.tflite import TFLITE_VARIANTS, export_tflite
 from pix2pixhd_tf.styles import ClusterBank
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_SEED",
+    "EXPORT_FORMATS",
     "export_model",
     "export_saved_model",
     "next_version",
@@ -253,6 +255,9 @@ def export_saved_model(
     return target
 
 
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
+
+
 def export_model(
     opts: Options,
     export_dir: str,
@@ -263,31 +268,67 @@ def export_model(
     tflite_variants: Sequence[str] = TFLITE_VARIANTS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_batch_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    onnx_float16: bool = False,
 ) -> dict[str, Any]:
-    """What `tools/export.py` does: load G (+E) and the cluster bank of an experiment once, write the
-    SavedModel version and, if `tflite_size` is given, TFLite files to `export_dir/tflite/<version>/`
-    (TF Serving ignores non-integer directories). `max_pixels` / `max_batch_pixels`: see `export_saved_model`.
+    """What `tools/export.py` does: load G (+E) and the cluster bank of an experiment once and write the
+    requested formats: the SavedModel version `export_dir/<version>/`, TFLite files to
+    `export_dir/tflite/<version>/` and the ONNX model to `export_dir/onnx/<version>/{name}.onnx` (TF
+    Serving ignores non-integer directories). `max_pixels` / `max_batch_pixels`: see `export_saved_model`.
+
+    Args:
+        formats: any of EXPORT_FORMATS; None = the SavedModel, plus TFLite when `tflite_size` is given.
+            'tflite' needs `tflite_size`; 'onnx' needs the optional extra `.[onnx]` (see `onnx_export`).
+            Without 'saved_model', the version is `version` or the next free one under `export_dir/onnx`
+            (or `export_dir/tflite`).
+        onnx_float16: with 'onnx', also write `{name}_float16.onnx` (`onnx_export.float16_weights`: float16
+            weights, float32 compute; within one uint8 level of float32, see export/README.md).
 
     Returns:
-        {'saved_model': version dir, 'tflite': {variant: path}, 'cluster_bank': path or None}.
+        {'saved_model': version dir or None, 'tflite': {variant: path}, 'onnx': path or None,
+        'onnx_float16': path or None, 'cluster_bank': path or None}.
     """
+    if formats is None:
+        formats = ["saved_model"] + (["tflite"] if tflite_size is not None else [])
+    unknown = set(formats) - set(EXPORT_FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
+    if "tflite" in formats and tflite_size is None:
+        raise ValueError("the tflite format is fixed-size: give tflite_size (tools/export.py --tflite_size=HxW)")
     experiment = load_experiment(opts, cluster_file=cluster_file)
     generator, encoder, bank, bank_path = experiment.generator, experiment.encoder, experiment.clusters, None
-    if bank is not None:
-        bank_path = experiment.cluster_file
-        logger.info("embedding the cluster bank %s", bank_path)
-    saved_model = export_saved_model(
-        opts,
-        export_dir,
-        version,
-        bank,
-        generator=generator,
-        encoder=encoder,
-        max_pixels=max_pixels,
-        max_batch_pixels=max_batch_pixels,
-    )
+    saved_model = None
+    if "saved_model" in formats:
+        if bank is not None:
+            bank_path = experiment.cluster_file
+            logger.info("embedding the cluster bank %s", bank_path)
+        saved_model = export_saved_model(
+            opts,
+            export_dir,
+            version,
+            bank,
+            generator=generator,
+            encoder=encoder,
+            max_pixels=max_pixels,
+            max_batch_pixels=max_batch_pixels,
+        )
+        version = int(os.path.basename(saved_model))
+    elif version is None:
+        sub = "onnx" if "onnx" in formats else "tflite"
+        version = next_version(os.path.join(export_dir, sub))
     tflite = {}
-    if tflite_size is not None:
-        tflite_dir = os.path.join(export_dir, "tflite", os.path.basename(saved_model))
+    if "tflite" in formats:
+        tflite_dir = os.path.join(export_dir, "tflite", str(version))
         tflite = export_tflite(opts, tflite_dir, size=tflite_size, variants=tflite_variants, generator=generator)
-    return {"saved_model": saved_model, "tflite": tflite, "cluster_bank": bank_path}
+    onnx = onnx16 = None
+    if "onnx" in formats:
+        onnx = export_onnx(opts, os.path.join(export_dir, "onnx", str(version)), generator=generator)
+        if onnx_float16:
+            onnx16 = float16_weights(onnx)
+    return {
+        "saved_model": saved_model,
+        "tflite": tflite,
+        "onnx": onnx,
+        "onnx_float16": onnx16,
+        "cluster_bank": bank_path,
+    }
