@@ -13,7 +13,6 @@ import json
 import os
 
 import keras
-import tensorflow as tf
 
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.options import Options
@@ -86,7 +85,7 @@ def restore_parts(opts: Options, which_epoch: str | None = None, **parts: keras.
     """Restore exactly `parts` (generator=, encoder=, discriminator=) from the experiment's checkpoint;
     what else it holds (optimizers, position) is skipped. Returns the checkpoint path."""
     directory = ckpt.checkpoint_dir(ckpt.experiment_dir(opts), which_epoch or opts.which_epoch)
-    return ckpt.restore(tf.train.Checkpoint(**{k: v for k, v in parts.items() if v is not None}), directory)
+    return ckpt.restore(ckpt.make_checkpoint(**parts), directory)
 
 
 def load_networks(

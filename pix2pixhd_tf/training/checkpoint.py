@@ -45,7 +45,7 @@ def checkpoint_dir(base: str, which_epoch: str) -> str:
 
 
 def make_checkpoint(
-    generator: keras.Model,
+    generator: keras.Model | None = None,
     discriminator: keras.Model | None = None,
     encoder: keras.Model | None = None,
     g_optimizer=None,
