@@ -93,6 +93,21 @@ class Options:
     lr: float = _opt(0.0002, "Initial Adam learning rate.")
     beta1: float = _opt(0.5, "Adam beta1.")
     steps_per_epoch: int = _opt(0, "new: cap on steps per epoch (0 = the whole dataset).")
+    ema_decay: float = _opt(
+        0.0,
+        "new: keep an exponential moving average of G's (and E's) weights with this decay, e.g. 0.999 (0 = off, "
+        "the official behaviour). It ramps in as min(decay, (1 + t) / (10 + t)) at G step t, so early "
+        "checkpoints are usable; test, export, encode_features, evaluate and the editor use it when present.",
+    )
+    raw_weights: bool = _opt(
+        False, "new: use G's (and E's) raw trained weights, not their moving average, where a checkpoint has both."
+    )
+    recompute: str = _opt(
+        "none",
+        "new: trade compute for memory by recomputing activations in the backward pass: none, blocks (G's "
+        "residual blocks) or all (every stage of G and D).",
+        ("none", "blocks", "all"),
+    )
 
     # Checkpoints and resuming.
     continue_train: bool = _opt(False, "Continue training from the latest checkpoint of this experiment.")
