@@ -564,6 +564,7 @@ def train_step_throughput(
     The step runs under tf.function (jit_compile=`xla`), as `train.Trainer` runs it. `vgg` adds the VGG19
     perceptual loss with random weights (the same work as ImageNet weights, which cannot be downloaded here).
     """
+    import keras
     import tensorflow as tf
 
     from pix2pixhd_tf.training import losses
@@ -571,6 +572,10 @@ def train_step_throughput(
 
     h, w = size
     opts = benchmark_options(net, {**dict(overrides or {}), "no_vgg_loss": not vgg, "batchSize": batch, "xla": xla})
+    # --bf16 / --fp16 in `overrides` set the policy as the trainer does (trainer.set_precision_policy).
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if opts.fp16 else "mixed_bfloat16" if opts.bf16 else "float32"
+    )
     _seed()
     model = Pix2PixHD.from_options(opts, vgg=losses.build_vgg19_features(None) if vgg else None)
     model.compile(*make_optimizers(opts))
@@ -588,6 +593,9 @@ def train_step_throughput(
         "xla": xla,
         "g_params": int(model.generator.count_params()),
         "d_params": int(model.discriminator.count_params()),
+        "precision": "fp16" if opts.fp16 else "bf16" if opts.bf16 else "fp32",
+        "recompute": opts.recompute,
+        "num_D": opts.num_D,
         **timing,
         "s_per_iter": timing["median_s"],
         "images_per_s": batch / timing["median_s"],
@@ -1305,7 +1313,7 @@ def to_markdown(results: Record) -> str:
         )
     tfl = [r for r in records if r["suite"] == "tflite"]
     if tfl:
-        # export._interpreter falls back to tf.lite.Interpreter when ai-edge-litert is not installed.
+        # serving.tflite.interpreter_class falls back to tf.lite.Interpreter when ai-edge-litert is not installed.
         interpreter = "LiteRT interpreter" if env.get("ai_edge_litert") else "tf.lite.Interpreter"
         out += ["", f"## TFLite (batch 1, {interpreter})", "", _table(_TFLITE_COLUMNS, tfl), ""]
         out.append(

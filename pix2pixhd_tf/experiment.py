@@ -13,6 +13,7 @@ import json
 import os
 
 import keras
+import tensorflow as tf
 
 from pix2pixhd_tf import networks
 from pix2pixhd_tf.options import Options
@@ -81,21 +82,48 @@ def check_experiment_options(opts: Options) -> None:
         )
 
 
-def restore_parts(opts: Options, which_epoch: str | None = None, **parts: keras.Model) -> str:
+def restore_parts(opts: Options, which_epoch: str | None = None, **parts: keras.Model | None) -> str:
     """Restore exactly `parts` (generator=, encoder=, discriminator=) from the experiment's checkpoint;
-    what else it holds (optimizers, position) is skipped. Returns the checkpoint path."""
+    what else it holds (optimizers, position) is skipped. Returns the checkpoint path.
+
+    G and E get the moving average of their weights when the checkpoint holds one (trained with --ema_decay),
+    unless `opts.raw_weights`; a line says which weights were used, as the two give different images.
+    """
     directory = ckpt.checkpoint_dir(ckpt.experiment_dir(opts), which_epoch or opts.which_epoch)
-    return ckpt.restore(ckpt.make_checkpoint(**parts), directory)
+    generator, encoder = parts.pop("generator", None), parts.pop("encoder", None)
+    if generator is None and encoder is None:
+        return ckpt.restore(ckpt.make_checkpoint(**parts), directory)
+    if ckpt.holds_average(directory) and not opts.raw_weights:
+        # The same object path as training's WeightAverage: average/generator, average/encoder.
+        average = tf.train.Checkpoint(
+            **{k: v for k, v in {"generator": generator, "encoder": encoder}.items() if v is not None}
+        )
+        path = ckpt.restore(ckpt.make_checkpoint(average=average, **parts), directory)
+        print(
+            f"Using the averaged weights of G{' and E' if encoder is not None else ''} from {path} (--raw_weights: the trained ones)"
+        )
+        return path
+    path = ckpt.restore(ckpt.make_checkpoint(generator=generator, encoder=encoder, **parts), directory)
+    if ckpt.holds_average(directory):
+        print(
+            f"Using the trained (raw) weights of G{' and E' if encoder is not None else ''} from {path}, as --raw_weights asks"
+        )
+    return path
 
 
 def load_networks(
     opts: Options, *, which_epoch: str | None = None, discriminator: bool = False
 ) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
-    """(G, D or None, E or None) built from `opts` with the experiment's trained weights."""
+    """(G, D or None, E or None) built from `opts` with the experiment's trained weights.
+
+    They are built without --recompute, a training-memory setting: what runs or is exported from here is
+    never differentiated, and the weights are the same either way.
+    """
     check_experiment_options(opts)
-    G = networks.build_generator(opts)
-    E = networks.build_encoder(opts)
-    D = networks.build_discriminator(opts) if discriminator else None
+    built = opts.replace(recompute="none")
+    G = networks.build_generator(built)
+    E = networks.build_encoder(built)
+    D = networks.build_discriminator(built) if discriminator else None
     restore_parts(opts, which_epoch, generator=G, discriminator=D, encoder=E)
     return G, D, E
 

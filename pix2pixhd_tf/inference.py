@@ -30,7 +30,8 @@ from tqdm import tqdm
 from pix2pixhd_tf import visualize
 from pix2pixhd_tf.data.classes import ClassTable
 from pix2pixhd_tf.data.dataset import build_dataset
-from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.files import DatasetLayout
+from pix2pixhd_tf.data.dataset import list_dataset_files
 from pix2pixhd_tf.experiment import Experiment, load_experiment
 from pix2pixhd_tf.inputs import check_image_size, encode_input, from_uint8, generator_input, size_multiple, to_uint8
 from pix2pixhd_tf.options import Options

@@ -25,7 +25,11 @@ class Options:
     seed: int = _opt(0, "new: random seed for weights, data order, crops and flips.")
 
     # Data.
-    dataroot: str = _opt("./datasets/cityscapes/", "Dataset root ('' with --synthetic builds one).")
+    dataroot: str = _opt(
+        "./datasets/cityscapes/",
+        "Dataset root ('' with --synthetic builds one) on any tf.io.gfile filesystem (gs://, s3:// ...), or "
+        "TFRecord shards from tools/make_tfrecords.py (a glob like /data/train-*.tfrecord, or their folder).",
+    )
     phase: str = _opt("train", "train, val or test: the folder prefix {phase}_label etc.")
     label_nc: int = _opt(35, "Number of label classes; 0 uses RGB input from {phase}_A / {phase}_B.")
     input_nc: int = _opt(3, "Channels of the input image when label_nc is 0.")
@@ -96,8 +100,8 @@ class Options:
     ema_decay: float = _opt(
         0.0,
         "new: keep an exponential moving average of G's (and E's) weights with this decay, e.g. 0.999 (0 = off, "
-        "the official behaviour). It ramps in as min(decay, (1 + t) / (10 + t)) at G step t, so early "
-        "checkpoints are usable; test, export, encode_features, evaluate and the editor use it when present.",
+        "the official behaviour). Its decay ramps in as min(decay, n / (n + 10)) after n updates, so early "
+        "checkpoints are usable; test, export, encode_features and the editor use it when a checkpoint has it.",
     )
     raw_weights: bool = _opt(
         False, "new: use G's (and E's) raw trained weights, not their moving average, where a checkpoint has both."
@@ -105,7 +109,7 @@ class Options:
     recompute: str = _opt(
         "none",
         "new: trade compute for memory by recomputing activations in the backward pass: none, blocks (G's "
-        "residual blocks) or all (every stage of G and D).",
+        "residual blocks) or all (also the whole of G and each scale of D); same results, see README 'Memory'.",
         ("none", "blocks", "all"),
     )
 

@@ -606,6 +606,30 @@ def test_tflite_variants_match_keras(exported, tmp_path, capsys):
         tflite.export_tflite(opts, str(tmp_path), size=(H, 22), generator=G)
 
 
+def test_tflite_runs_through_litert_when_installed(exported, tmp_path, monkeypatch, capsys):
+    """Every .tflite run (run_tflite, benchmark_tflite; the benchmark harness and tools use these) goes through
+    `tflite.interpreter_class`: LiteRT's ai_edge_litert when installed (the `test` extra installs it), else
+    tf.lite.Interpreter, and both give the same image."""
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("ai-edge-litert is not installed (pip install .[tflite])")
+    from ai_edge_litert.interpreter import Interpreter as LiteRT
+
+    opts, G, _ = exported.nets["feat"]
+    path = tflite.export_tflite(opts, str(tmp_path), size=(H, W), variants=("float32",), generator=G)["float32"]
+    feed = {"label": exported.label[:1], "instance": exported.instance[:1], "features": exported.features[:1]}
+
+    assert tflite.interpreter_class() is LiteRT and tflite.interpreter_runtime() == "ai_edge_litert"
+    assert isinstance(tflite._interpreter(path), LiteRT)
+    litert = tflite.run_tflite(path, feed)
+    tflite.benchmark_tflite(path, runs=1)
+    assert "ai_edge_litert)" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if LiteRT were not installed
+    assert tflite.interpreter_class() is tf.lite.Interpreter and tflite.interpreter_runtime() == "tf.lite"
+    fallback = tflite.run_tflite(path, feed)
+    assert np.abs(litert["image_float"] - fallback["image_float"]).max() < 1e-6
+    assert np.array_equal(litert["image"], fallback["image"])
+
+
 def test_tflite_of_a_wide_generator_whose_blocks_run_as_matmuls(tmp_path):
     """512-channel residual blocks take the im2col matmul path (fast_ops.padded_conv2d): it converts,
     quantises (dynamic range covers the matmul's weights) and gives Keras' image. Four downsamplings and

@@ -19,7 +19,8 @@ from absl import logging as absl_logging
 from PIL import Image
 
 from pix2pixhd_tf.data.dataset import sample_order
-from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.files import DatasetError, DatasetLayout
+from pix2pixhd_tf.data.dataset import list_dataset_files
 from pix2pixhd_tf.training import checkpoint as ckpt
 from pix2pixhd_tf.training.trainer import (
     Trainer,

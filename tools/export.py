@@ -12,7 +12,9 @@ for feature models, `generate_with_seed`, `generate_with_features` and `encode`;
 in the version lists them. Feature models embed `{checkpoints_dir}/{name}/clusters.npz` (or --cluster_path)
 to sample styles in-graph; without one they use zero features and say so. TFLite files (fixed size,
 batch 1, generator only) go to `{export_dir}/tflite/{version}/`; the ONNX model (--formats=...,onnx:
-dynamic N, H, W, generator only, needs `pip install .[onnx]`) to `{export_dir}/onnx/{version}/{name}.onnx`.
+dynamic N, H, W, generator only, needs `pip install .[onnx]`) to `{export_dir}/onnx/{version}/{name}.onnx`,
+and for feature models with a cluster bank `{name}_seed.onnx` beside it (styles sampled from a seed input,
+as generate_with_seed).
 See export/README.md for serving.
 
 Every signature refuses requests above --max_pixels per image (default 2048x2048, twice Cityscapes'
@@ -41,7 +43,8 @@ flags.DEFINE_list(
 flags.DEFINE_bool(
     "onnx_float16",
     False,
-    "With --formats=...,onnx, also write {name}_float16.onnx: float16 weights (half the file), float32 compute.",
+    "With --formats=...,onnx, also write {name}_float16.onnx (and {name}_seed_float16.onnx for a feature model "
+    "with a cluster bank): float16 weights (half the file), float32 compute.",
 )
 flags.DEFINE_string(
     "max_pixels",
@@ -97,6 +100,10 @@ def main(argv):
         print(f"ONNX: {result['onnx']}")
     if result["onnx_float16"]:
         print(f"ONNX float16 weights: {result['onnx_float16']}")
+    if result["onnx_seed"]:
+        print(f"ONNX with in-graph style sampling (seed input): {result['onnx_seed']}")
+    if result["onnx_seed_float16"]:
+        print(f"ONNX with in-graph style sampling, float16 weights: {result['onnx_seed_float16']}")
 
 
 if __name__ == "__main__":

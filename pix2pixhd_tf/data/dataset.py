@@ -12,6 +12,12 @@ Each element is a batch of dicts:
   'path'      string [B], the label file; iff with_paths
 
 Decisions:
+  * Storage: `--dataroot` is a folder on any filesystem `tf.io.gfile` knows (local, gs://, ram://, the
+    schemes tensorflow-io registers), or TFRecord shards (a glob such as /data/train-*.tfrecord, or a folder of
+    `*.tfrecord` files; see `data/tfrecords.py`), detected by `list_dataset_files`. Either way a sample's
+    files arrive as bytes (`tf.io.read_file`, or one seek-and-read of its record) and then go through the
+    same decoders and transforms, over the same shuffled table of samples: folder and shards give identical
+    batches for a seed.
   * Decoding is tf.io (decode_png / decode_image), chosen per file from its header: 8-bit and 16-bit
     single-channel PNG id maps decode natively; palette ('P') maps and maps that PIL opens as 32-bit 'I'
     go through PIL in a numpy_function (so palette indices, not colours, are the ids), as do images in
@@ -39,6 +45,7 @@ Decisions:
 
 from __future__ import annotations
 
+import io
 import os
 import re
 
@@ -46,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from pix2pixhd_tf.data import transforms
+from pix2pixhd_tf.data import tfrecords, transforms
 from pix2pixhd_tf.data.files import (
     DECODE_NATIVE,
     DECODE_NPY,
@@ -56,10 +63,13 @@ from pix2pixhd_tf.data.files import (
     DatasetError,
     DatasetFiles,
     DatasetLayout,
+    RecordLocation,
     corrupt_message,
     label_range_message,
-    list_dataset_files,
+    read_bytes,
+    read_record,
 )
+from pix2pixhd_tf.data.files import list_folder_files
 from pix2pixhd_tf.options import Options
 
 __all__ = [
@@ -175,6 +185,31 @@ def build_dataset(
     return dataset.with_options(options)
 
 
+def list_dataset_files(
+    layout: DatasetLayout, *, phase: str, require_images: bool = False, deep_check: bool = False
+) -> DatasetFiles:
+    """The checked samples of a dataset: the official folder layout, or TFRecord shards.
+
+    --dataroot names shards when it is a glob (`/data/train-*.tfrecord`), a `.tfrecord` file or a folder
+    holding `*.tfrecord` files but no `{phase}_label` / `{phase}_A` folder (`tfrecords.list_record_files`;
+    the shards hold the phase they were packed from); otherwise it is the folder of
+    `files.list_folder_files`, whose arguments these are.
+
+    Raises:
+      DatasetError: whatever those find, naming the file, shard or index; `require_images` and shards
+        packed without real images.
+    """
+    if not tfrecords.is_record_dataroot(layout.dataroot, phase):
+        return list_folder_files(layout, phase=phase, require_images=require_images, deep_check=deep_check)
+    files = tfrecords.list_record_files(layout, deep_check=deep_check)
+    if require_images and files.image is None:
+        raise DatasetError(
+            f"The shards {layout.dataroot} hold no real images (packed from a folder without {files.phase}_img): "
+            f"training and --use_encoded_image need them; pack a folder with images."
+        )
+    return files
+
+
 def output_size(opts: Options, width: int, height: int) -> tuple[int, int]:
     """(height, width) of a `width` x `height` sample after the load-time transforms."""
     return transforms.plan_geometry(opts, width, height).final
@@ -249,6 +284,10 @@ def _file_table(files: DatasetFiles, geometries: list[transforms.Geometry]) -> d
             table[f"{kind}_decode"] = np.array([f.decode for f in infos], np.int32)
             if kind == "feat":
                 table["feat_offset"] = np.array([f.npy_offset for f in infos], np.int32)
+    if files.label[0].record is not None:  # TFRecord shards: where each sample's Example lies
+        table["record_shard"] = np.array([f.record.shard for f in files.label], dtype=object)
+        table["record_offset"] = np.array([f.record.offset for f in files.label], np.int64)
+        table["record_length"] = np.array([f.record.length for f in files.label], np.int64)
     return table
 
 
@@ -266,45 +305,61 @@ class _SampleLoader:
             for kind in ("label", "instance", "image", "feat")
             if getattr(files, kind) is not None
         }
+        self.from_records = files.label[0].record is not None
+
+    def read(self, row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The bytes of every file of the sample: from its filesystem, or its shard's Example (one read)."""
+        if not self.from_records:
+            return {kind: tf.io.read_file(row[f"{kind}_path"]) for kind in self.decoders}
+        location = [row["record_shard"], row["record_offset"], row["record_length"], row["label_path"]]
+        serialized = tf.numpy_function(_read_record, location, tf.string, stateful=False)
+        features = {kind: tf.io.FixedLenFeature([], tf.string) for kind in self.decoders}
+        return tf.io.parse_single_example(tf.ensure_shape(serialized, []), features)
 
     def __call__(self, row: dict[str, tf.Tensor], random: tf.Tensor) -> dict[str, tf.Tensor]:
         opts = self.opts
         seed = tf.stack([random, row["index"]])
         geometry = {k: row[k] for k in ("resized", "window", "max_offset", "final")}
         params = transforms.draw_params(geometry, seed, self.training, self.flip)
+        data = self.read(row)
         sample = {}
 
         path = row["label_path"]
         if opts.label_nc == 0:
-            label = self._decode_image(path, row["label_decode"], opts.input_nc, self.decoders["label"])
+            label = self._decode_image(data["label"], path, row["label_decode"], opts.input_nc, self.decoders["label"])
             sample["label"] = self._image(label, geometry, params, opts.input_nc)
         else:
-            label = self._decode_ids(path, row["label_decode"], self.decoders["label"])
+            label = self._decode_ids(data["label"], path, row["label_decode"], self.decoders["label"])
             label = self._check_label_range(label, path)
             sample["label"] = self._ids(label, geometry, params)
         if "instance" in self.decoders:
-            instance = self._decode_ids(row["instance_path"], row["instance_decode"], self.decoders["instance"])
+            instance = self._decode_ids(
+                data["instance"], row["instance_path"], row["instance_decode"], self.decoders["instance"]
+            )
             sample["instance"] = self._ids(instance, geometry, params)
         if "image" in self.decoders:
-            image = self._decode_image(row["image_path"], row["image_decode"], opts.output_nc, self.decoders["image"])
+            image = self._decode_image(
+                data["image"], row["image_path"], row["image_decode"], opts.output_nc, self.decoders["image"]
+            )
             sample["image"] = self._image(image, geometry, params, opts.output_nc)
         if "feat" in self.decoders:
-            sample["feat"] = self._feat(row, geometry, params)
+            sample["feat"] = self._feat(data["feat"], row, geometry, params)
         if self.with_paths:
             sample["path"] = path
         return sample
 
     def decode_file(self, kind: str, info) -> np.ndarray:
         """One file decoded eagerly, exactly as this loader decodes it in the graph (for error hunting)."""
-        path, decode = tf.constant(info.path), tf.constant(info.decode)
+        raw = read_bytes(info)
         if kind == "feat" and info.decode == DECODE_NPY:
-            return np.load(info.path, allow_pickle=False)
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        data, path, decode = tf.constant(raw), tf.constant(info.path), tf.constant(info.decode)
         if kind == "feat":
-            return self._decode_image(path, decode, 3, [info.decode]).numpy()
+            return self._decode_image(data, path, decode, 3, [info.decode]).numpy()
         if kind in ("label", "instance") and not (kind == "label" and self.opts.label_nc == 0):
-            return self._decode_ids(path, decode, [info.decode]).numpy()
+            return self._decode_ids(data, path, decode, [info.decode]).numpy()
         channels = self.opts.input_nc if kind == "label" else self.opts.output_nc
-        return self._decode_image(path, decode, channels, [info.decode]).numpy()
+        return self._decode_image(data, path, decode, channels, [info.decode]).numpy()
 
     # Transforms ------------------------------------------------------------------------------------------
 
@@ -320,15 +375,15 @@ class _SampleLoader:
         image.set_shape(self.static_size + (channels,))
         return image
 
-    def _feat(self, row, geometry, params):
+    def _feat(self, data, row, geometry, params):
         feat_num = self.opts.feat_num
         if self.decoders["feat"] == [DECODE_NPY]:
             shape = tf.concat([row["size"], [feat_num]], axis=0)
-            data = tf.strings.substr(tf.io.read_file(row["feat_path"]), row["feat_offset"], tf.reduce_prod(shape) * 4)
+            data = tf.strings.substr(data, row["feat_offset"], tf.reduce_prod(shape) * 4)
             feat = tf.reshape(tf.io.decode_raw(data, tf.float32, little_endian=True), shape)
             feat = transforms.apply(feat, geometry, params, "nearest")
         else:  # Images as precompute_feature_maps.py writes them: (feat + 1) / 2 * 255 in RGB.
-            feat = self._decode_image(row["feat_path"], row["feat_decode"], 3, self.decoders["feat"])
+            feat = self._decode_image(data, row["feat_path"], row["feat_decode"], 3, self.decoders["feat"])
             feat = transforms.apply(tf.cast(feat, tf.float32), geometry, params, "nearest") / 127.5 - 1.0
         feat.set_shape(self.static_size + (feat_num,))
         return feat
@@ -353,42 +408,59 @@ class _SampleLoader:
         index = tf.gather(tf.constant([present.index(d) if d in present else 0 for d in range(5)]), decode)
         return tf.switch_case(index, [branches[d] for d in present])
 
-    def _decode_ids(self, path, decode, present):
+    def _decode_ids(self, data, path, decode, present):
+        """`data`: the file's bytes; `path`: its name, for error messages."""
+
         def png(dtype):
-            return lambda: tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=dtype), tf.int32)
+            return lambda: tf.cast(tf.io.decode_png(data, channels=1, dtype=dtype), tf.int32)
 
         def pil():
-            ids = tf.numpy_function(_pil_ids, [path], tf.int32, stateful=False)
+            ids = tf.numpy_function(_pil_ids, [data, path], tf.int32, stateful=False)
             return tf.ensure_shape(ids, [None, None, 1])
 
         branches = {DECODE_PNG8: png(tf.uint8), DECODE_PNG16: png(tf.uint16), DECODE_PIL: pil}
         return self._switch(decode, present, branches)
 
-    def _decode_image(self, path, decode, channels, present):
+    def _decode_image(self, data, path, decode, channels, present):
         def native():
-            return tf.io.decode_image(tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False)
+            return tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
 
         def pil():
-            image = tf.numpy_function(_pil_image, [path, channels], tf.uint8, stateful=False)
+            image = tf.numpy_function(_pil_image, [data, path, channels], tf.uint8, stateful=False)
             return tf.ensure_shape(image, [None, None, channels])
 
         return self._switch(decode, present, {DECODE_NATIVE: native, DECODE_PIL: pil})
 
 
-def _pil_ids(path: bytes) -> np.ndarray:
+def _read_record(shard: bytes, offset: np.ndarray, length: np.ndarray, path: bytes) -> bytes:
+    """The serialized Example of one sample (a seek and one read; `path` names the sample on error)."""
+    location = RecordLocation(shard.decode(), int(offset), int(length), "label")
+    try:
+        data = read_record(location)
+        # Parsed here too, so that damaged bytes fail with a message naming the record (the graph's parser
+        # would quote the raw bytes). A C++ parse of one sample: small beside decoding its PNGs.
+        tf.train.Example.FromString(data)
+    except Exception as e:  # protobuf DecodeError, OSError, tf.errors.OpError: all name the record
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(corrupt_message(path.decode(), e)) from e
+    return data
+
+
+def _pil_ids(data: bytes, path: bytes) -> np.ndarray:
     path = path.decode()
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             ids = np.asarray(im)
     except Exception as e:  # PIL raises many types; name the file whatever it is.
         raise DatasetError(corrupt_message(path, e)) from e
     return ids.astype(np.int32).reshape(ids.shape[:2] + (1,))
 
 
-def _pil_image(path: bytes, channels: np.ndarray) -> np.ndarray:
+def _pil_image(data: bytes, path: bytes, channels: np.ndarray) -> np.ndarray:
     path = path.decode()
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             image = np.asarray(im.convert(_PIL_MODES[int(channels)]), dtype=np.uint8)
     except Exception as e:
         raise DatasetError(corrupt_message(path, e)) from e

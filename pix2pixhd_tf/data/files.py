@@ -9,16 +9,23 @@ pairing is checked by name: Cityscapes files correspond by the prefix before `_g
 The checks are cheap: only image headers are read (`PIL.Image.open(...).size`, no pixel decoding), plus the
 last bytes of each file to catch truncated PNG/JPEG files. `deep_check=True` decodes every file as well, to
 find any corrupt file and any label id >= label_nc up front (slow on large datasets: a full decoding pass).
+
+Every file access goes through `tf.io.gfile`, so `dataroot` may be on any filesystem TensorFlow knows
+(local paths, `gs://`, `ram://`, and those tensorflow-io registers such as `s3://`); PIL reads from a
+`GFile` object. A file may also be one entry of a TFRecord shard (`FileInfo.record`, see `data/tfrecords.py`):
+`read_bytes` reads either kind, so the checks and the decoders do not care where the bytes live.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import os
 from collections.abc import Iterable
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from pix2pixhd_tf.options import Options
@@ -50,14 +57,27 @@ class DatasetError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RecordLocation:
+    """Where one sample lives in a TFRecord shard: the serialized tf.train.Example is `length` bytes at
+    `offset` of `shard` (past the record's length and CRC words), and this file is its feature `key`."""
+
+    shard: str
+    offset: int
+    length: int
+    key: str  # 'label', 'instance', 'image' or 'feat'
+
+
+@dataclasses.dataclass(frozen=True)
 class FileInfo:
-    """What the header of one file says."""
+    """What the header of one file says. `record` is set when the file is an entry of a TFRecord shard;
+    `path` then reads `{shard}#{record number}/{the source file's path relative to its dataroot}`."""
 
     path: str
     width: int
     height: int
     decode: int  # one of the DECODE_* constants
     npy_offset: int = 0  # start of the raw data in a .npy file
+    record: RecordLocation | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +146,7 @@ class DatasetLayout:
         return names
 
 
-def list_dataset_files(
+def list_folder_files(
     layout: DatasetLayout, *, phase: str, require_images: bool = False, deep_check: bool = False
 ) -> DatasetFiles:
     """Finds and pairs the files of `phase` and checks them before any training.
@@ -148,7 +168,7 @@ def list_dataset_files(
         file(s) and the fix.
     """
     root = layout.dataroot
-    if not os.path.isdir(root):
+    if not tf.io.gfile.isdir(root):
         raise DatasetError(
             f"Dataset root {root!r} does not exist: set --dataroot to the folder holding {phase}_label etc."
         )
@@ -157,7 +177,7 @@ def list_dataset_files(
     listed: dict[str, list[str]] = {}
     for kind, name in names.items():
         folder = os.path.join(root, name)
-        if not os.path.isdir(folder):
+        if not tf.io.gfile.isdir(folder):
             if kind == "image" and not require_images:
                 continue
             raise DatasetError(_missing_folder_message(kind, folder))
@@ -237,22 +257,69 @@ def check_contents(files: DatasetFiles, *, label_nc: int, threads: int | None = 
 
 def _content_problem(kind: str, info: FileInfo, *, label_nc: int) -> str | None:
     """The message about one file's contents, or None if it decodes (and its label ids are in range)."""
+    try:
+        data = read_bytes(info)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        return corrupt_message(info.path, e)
     if info.decode == DECODE_NPY:
         try:
-            np.load(info.path, allow_pickle=False)
+            np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError) as e:
             return corrupt_message(info.path, e)
         return None
     try:
-        with Image.open(info.path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.verify()
-        with Image.open(info.path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             pixels = np.asarray(im)
     except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, zlib.error ...)
         return corrupt_message(info.path, e)
     if kind == "label" and label_nc > 0 and pixels.size and int(pixels.max()) >= label_nc:
         return label_range_message(info.path, int(pixels.max()), label_nc)
     return None
+
+
+def read_bytes(info: FileInfo) -> bytes:
+    """The whole content of one file, from its filesystem (`tf.io.gfile`) or from its TFRecord shard."""
+    if info.record is None:
+        with tf.io.gfile.GFile(info.path, "rb") as f:
+            return f.read()
+    return read_record_feature(info.record)
+
+
+def read_record(record: RecordLocation) -> bytes:
+    """The serialized tf.train.Example at `record`, read by seeking into the shard (no scan).
+
+    Raises:
+      DatasetError: the shard is shorter than its index says (truncated).
+    """
+    with tf.io.gfile.GFile(record.shard, "rb") as f:
+        f.seek(record.offset)
+        data = f.read(record.length)
+    if len(data) != record.length:
+        raise DatasetError(
+            f"Shard {record.shard} ends before its record at byte {record.offset}: it is truncated (an interrupted "
+            f"copy or write); copy it again or re-create the shards with tools/make_tfrecords.py."
+        )
+    return data
+
+
+def read_record_feature(record: RecordLocation) -> bytes:
+    """The file `record.key` of the Example at `record`.
+
+    Raises:
+      DatasetError: the shard is truncated, or the bytes there are not an Example with that entry.
+    """
+    data = read_record(record)
+    try:
+        example = tf.train.Example.FromString(data)
+        return example.features.feature[record.key].bytes_list.value[0]
+    except Exception as e:  # protobuf DecodeError, IndexError (no such entry): damaged bytes either way
+        raise DatasetError(
+            f"Shard {record.shard} holds no readable {record.key!r} entry at byte {record.offset} "
+            f"({type(e).__name__}): the shard is damaged or does not match its index; re-create it with "
+            f"tools/make_tfrecords.py."
+        ) from e
 
 
 def label_range_message(path: str, max_id: int | str, label_nc: int) -> str:
@@ -276,8 +343,7 @@ def _list_folder(folder: str, extensions: Iterable[str]) -> list[str]:
     """Files of `folder` and its subfolders with one of `extensions` (any case), in sorted order."""
     extensions = tuple(extensions)
     paths = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
+    for dirpath, _, filenames in tf.io.gfile.walk(folder):
         paths.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(extensions))
     return sorted(paths)
 
@@ -307,18 +373,19 @@ def _read_header(path: str, kind: str, layout: DatasetLayout) -> FileInfo:
     if path.lower().endswith(".npy"):
         return _read_npy_header(path, layout.feat_num)
     try:
-        with open(path, "rb") as f:
+        with tf.io.gfile.GFile(path, "rb") as f:
             with Image.open(f) as im:
                 width, height = im.size
                 mode, fmt = im.mode, im.format
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 1024))
             tail = f.read()
-        ends = {"PNG": (_PNG_END, 64), "JPEG": (_JPEG_END, 1024)}.get(fmt)
-        if ends and ends[0] not in tail[-ends[1] :]:
-            # No end marker: truncated, or (JPEG) trailing data after the image. Decode to tell them apart.
-            with Image.open(path) as im:
-                im.load()
+            ends = {"PNG": (_PNG_END, 64), "JPEG": (_JPEG_END, 1024)}.get(fmt)
+            if ends and ends[0] not in tail[-ends[1] :]:
+                # No end marker: truncated, or (JPEG) trailing data after the image. Decode to tell them apart.
+                f.seek(0)
+                with Image.open(f) as im:
+                    im.load()
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError ...).
         raise DatasetError(corrupt_message(path, e)) from e
 
@@ -347,10 +414,19 @@ def _read_header(path: str, kind: str, layout: DatasetLayout) -> FileInfo:
 
 def _read_npy_header(path: str, feat_num: int) -> FileInfo:
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        shape, dtype, fortran_order, offset = array.shape, array.dtype, np.isfortran(array), array.offset
-        del array
-    except Exception as e:  # truncated data raises ValueError, a bad header ValueError or OSError.
+        with tf.io.gfile.GFile(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(f)
+            offset = f.tell()
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+        expected = offset + int(np.prod(shape)) * dtype.itemsize
+        if size < expected:
+            raise ValueError(f"{size} bytes, but its header announces {expected}")
+    except Exception as e:  # a bad header raises ValueError, a read error OSError or tf.errors.OpError.
         raise DatasetError(corrupt_message(path, e)) from e
     if dtype != np.dtype("<f4") or (fortran_order and len(shape) > 1) or len(shape) != 3 or shape[2] != feat_num:
         raise DatasetError(

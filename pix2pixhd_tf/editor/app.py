@@ -58,7 +58,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pix2pixhd_tf.data.classes import ClassTable
-from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_folder_files
 from pix2pixhd_tf.editor.backends import Backend, make_backend
 from pix2pixhd_tf.editor.scene import (
     DEFAULT_LIMITS,
@@ -126,7 +126,7 @@ class DatasetScenes:
         """
         phase = phase or opts.phase
         layout = _scene_layout(opts, not opts.no_instance if instances is None else instances)
-        files = list_dataset_files(layout, phase=phase)
+        files = list_folder_files(layout, phase=phase)
         label_dir = os.path.join(layout.dataroot, layout.folders(phase)["label"])
         pairs = {}
         for i, info in enumerate(files.label):

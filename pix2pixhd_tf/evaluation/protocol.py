@@ -46,7 +46,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pix2pixhd_tf.data.classes import CITYSCAPES_TRAIN_IDS, CITYSCAPES_TRAIN_NAMES, ClassTable
-from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.files import DatasetLayout, list_folder_files
 from pix2pixhd_tf.evaluation import metrics as metrics_lib
 from pix2pixhd_tf.evaluation.readers import EvaluationError, list_images, read_label, read_rgb
 from pix2pixhd_tf.evaluation.segmenter import CropToMatch
@@ -89,7 +89,7 @@ def paired_files(dataroot: str | Path, phase: str, label_nc: int) -> list[tuple[
         a label map and its image differ in size, or a file is unreadable; the message names the file.
     """
     layout = DatasetLayout(str(dataroot), label_nc, instances=False)
-    files = list_dataset_files(layout, phase=phase, require_images=True)
+    files = list_folder_files(layout, phase=phase, require_images=True)
     return [(Path(label.path), Path(image.path)) for label, image in zip(files.label, files.image)]
 
 

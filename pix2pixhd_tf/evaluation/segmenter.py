@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import layers, ops
 from PIL import Image
 
-from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.files import DatasetError, DatasetLayout, list_folder_files
 from pix2pixhd_tf.evaluation.readers import read_label
 
 
@@ -118,7 +118,7 @@ def segmentation_dataset(
       DatasetError: (from `pix2pixhd_tf.data.files`) for missing/empty folders, unpaired names, unreadable
         files, a label map whose size differs from its image's, or several sizes without `image_size`.
     """
-    files = list_dataset_files(
+    files = list_folder_files(
         DatasetLayout(str(dataroot), num_classes, instances=False), phase=phase, require_images=True
     )
     sizes = sorted({(info.height, info.width) for info in files.label})

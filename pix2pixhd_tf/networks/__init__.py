@@ -20,12 +20,14 @@ __all__ = [
 
 
 def build_generator(opts: Options) -> GlobalGenerator | LocalEnhancer:
+    """G from the flags; `--recompute` changes only what its backward pass keeps, not its weights."""
     common = dict(
         input_nc=opts.generator_input_nc,
         output_nc=opts.output_nc,
         ngf=opts.ngf,
         n_downsample_global=opts.n_downsample_global,
         n_blocks_global=opts.n_blocks_global,
+        recompute=opts.recompute,
         name="G",
     )
     if opts.netG == "global":
@@ -35,7 +37,13 @@ def build_generator(opts: Options) -> GlobalGenerator | LocalEnhancer:
 
 def build_discriminator(opts: Options) -> MultiscaleDiscriminator:
     return MultiscaleDiscriminator(
-        opts.discriminator_input_nc, opts.ndf, opts.n_layers_D, opts.num_D, image_nc=opts.output_nc, name="D"
+        opts.discriminator_input_nc,
+        opts.ndf,
+        opts.n_layers_D,
+        opts.num_D,
+        image_nc=opts.output_nc,
+        recompute=opts.recompute,
+        name="D",
     )
 
 

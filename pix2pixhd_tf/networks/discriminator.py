@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from pix2pixhd_tf.networks.fast_ops import RECOMPUTE_MODES
 from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, ConvChain, FunctionalNetwork, LeakyReLU, conv
 
 _PACKAGE = "pix2pixhd_tf"
@@ -22,11 +23,16 @@ class NLayerDiscriminator(FunctionalNetwork):
     The last tensor is the real/fake map (raw scores: the BCE loss applies the sigmoid itself, in a
     numerically stable form); the others are the features that feature matching compares. The final conv
     runs in float32 so mixed precision never rounds the scores.
+
+    `recompute` (`--recompute=all`): the backward pass keeps only the inputs (and what the losses keep of
+    the returned features), and runs the forward again (`fast_ops.recompute`).
     """
 
-    CONFIG = ("input_nc", "ndf", "n_layers_D", "image_nc")
+    CONFIG = ("input_nc", "ndf", "n_layers_D", "image_nc", "recompute")
 
-    def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, image_nc: int = 3, **kwargs):
+    def __init__(
+        self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, image_nc: int = 3, recompute: bool = False, **kwargs
+    ):
         inputs = _condition_and_image_inputs(input_nc, image_nc)
         x = conv(ndf, _KW, input_nc, strides=2, padding=_PADW, conditional=True, name="layer0")(inputs)
         # No IN here: the gradient keeps the activation, so grappler can fuse conv + bias + LeakyReLU.
@@ -44,6 +50,8 @@ class NLayerDiscriminator(FunctionalNetwork):
         self.ndf = ndf
         self.n_layers_D = n_layers_D
         self.image_nc = image_nc
+        self.recompute = recompute
+        self.recompute_call = recompute
 
 
 def _condition_and_image_inputs(input_nc: int, image_nc: int) -> list:
@@ -62,16 +70,32 @@ class MultiscaleDiscriminator(FunctionalNetwork):
 
     Sub-discriminators keep the official names: `scale{num_D-1}` judges full resolution, `scale0` the
     coarsest (the official forward pairs result i with scale num_D-1-i).
+
+    `recompute` (`--recompute`): "all" makes each sub-discriminator one recompute segment; "none" and
+    "blocks" (a D has no residual blocks) change nothing here.
     """
 
-    CONFIG = ("input_nc", "ndf", "n_layers_D", "num_D", "image_nc")
+    CONFIG = ("input_nc", "ndf", "n_layers_D", "num_D", "image_nc", "recompute")
 
-    def __init__(self, input_nc: int, ndf: int = 64, n_layers_D: int = 3, num_D: int = 2, image_nc: int = 3, **kwargs):
+    def __init__(
+        self,
+        input_nc: int,
+        ndf: int = 64,
+        n_layers_D: int = 3,
+        num_D: int = 2,
+        image_nc: int = 3,
+        recompute: str = "none",
+        **kwargs,
+    ):
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {recompute!r}")
         inputs = _condition_and_image_inputs(input_nc, image_nc)
         x = inputs
         results = []
         for i in range(num_D):
-            net = NLayerDiscriminator(input_nc, ndf, n_layers_D, image_nc, name=f"scale{num_D - 1 - i}")
+            net = NLayerDiscriminator(
+                input_nc, ndf, n_layers_D, image_nc, recompute=recompute == "all", name=f"scale{num_D - 1 - i}"
+            )
             results.append(list(net(x)))
             if i != num_D - 1:
                 pool = AvgPoolExcludePad(name=f"downsample_{i + 1}")
@@ -82,6 +106,7 @@ class MultiscaleDiscriminator(FunctionalNetwork):
         self.n_layers_D = n_layers_D
         self.num_D = num_D
         self.image_nc = image_nc
+        self.recompute = recompute
 
     def call(self, inputs, training=None, mask=None):
         outputs = super().call(inputs, training=training, mask=mask)

@@ -10,6 +10,7 @@ optimizer only after their last read. `benchmarks/README.md` holds the measureme
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -306,3 +307,20 @@ def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float 
         return full[:, 1:, 1:, :], grad
 
     return upsample(x, kernel)
+
+
+RECOMPUTE_MODES = ("none", "blocks", "all")
+
+
+def recompute(fn: Callable[..., tf.Tensor | list], *args: tf.Tensor):
+    """`fn(*args)`, whose backward pass keeps only `args` and runs `fn` again to get everything else
+    (`--recompute`): activation memory traded for one more forward of `fn`.
+
+    `tf.recompute_grad` does the work: its forward runs without recording, the gradient finds the variables
+    `fn` read (Keras layers' kernels included) and differentiates a second run of `fn` with respect to
+    them and `args`. In a graph that second run takes a data dependency on the upstream gradient, so
+    grappler cannot merge it with the forward's identical ops (which would keep the forward's tensors alive,
+    as `_recompute_after` explains). `fn` must be deterministic (no dropout or random ops) and may call
+    Keras layers and the custom-gradient ops above; its outputs may be a (nested) list.
+    """
+    return tf.recompute_grad(fn)(*args)

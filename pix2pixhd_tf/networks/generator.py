@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from pix2pixhd_tf.networks.fast_ops import RECOMPUTE_MODES
 from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, ConvChain, FunctionalNetwork
 
 _PACKAGE = "pix2pixhd_tf"
@@ -18,10 +19,11 @@ class GeneratorStack:
     """One of the official generator's nn.Sequential stacks (`model`, `model1_1`, `model1_2`, ...), built in
     the paper's units on a Keras tensor. Each layer takes the name of its official position
     (`{name}_{index}`), counting the pads and ReLUs that run inside other layers (`layers.ConvChain`).
+    `recompute_blocks`: its residual blocks recompute their forward in the backward pass (`--recompute`).
     """
 
-    def __init__(self, x, name: str):
-        self.chain = ConvChain(x, slope=0.0)
+    def __init__(self, x, name: str, recompute_blocks: bool = False):
+        self.chain = ConvChain(x, slope=0.0, recompute_blocks=recompute_blocks)
         self.name = name
         self.index = 0  # the next official position
 
@@ -61,9 +63,11 @@ class GeneratorStack:
         return names
 
 
-def global_trunk(x, input_nc: int, ngf: int, n_downsampling: int, n_blocks: int, name: str = "model"):
+def global_trunk(
+    x, input_nc: int, ngf: int, n_downsampling: int, n_blocks: int, name: str = "model", recompute_blocks: bool = False
+):
     """G1 without its output head: c7s1-ngf, n_downsampling x d(2x), n_blocks x R, n_downsampling x u(1/2)."""
-    g = GeneratorStack(x, name)
+    g = GeneratorStack(x, name, recompute_blocks)
     g.c7s1(ngf, input_nc)
     for i in range(n_downsampling):
         g.down(ngf * 2 ** (i + 1), ngf * 2**i)
@@ -74,11 +78,20 @@ def global_trunk(x, input_nc: int, ngf: int, n_downsampling: int, n_blocks: int,
     return g
 
 
+def _check_recompute(recompute: str) -> None:
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {recompute!r}")
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class GlobalGenerator(FunctionalNetwork):
-    """G1, the global generator network (the paper's 1024×512 Cityscapes model at ngf 64)."""
+    """G1, the global generator network (the paper's 1024×512 Cityscapes model at ngf 64).
 
-    CONFIG = ("input_nc", "output_nc", "ngf", "n_downsample_global", "n_blocks_global")
+    `recompute` (`--recompute`, training memory only; the weights and outputs are the same): "blocks"
+    recomputes each residual block's forward in the backward pass, "all" also the whole network's.
+    """
+
+    CONFIG = ("input_nc", "output_nc", "ngf", "n_downsample_global", "n_blocks_global", "recompute")
 
     def __init__(
         self,
@@ -87,11 +100,17 @@ class GlobalGenerator(FunctionalNetwork):
         ngf: int = 64,
         n_downsample_global: int = 4,
         n_blocks_global: int = 9,
+        recompute: str = "none",
         **kwargs,
     ):
+        _check_recompute(recompute)
         inputs = keras.Input((None, None, input_nc), name="input")
-        outputs = global_trunk(inputs, input_nc, ngf, n_downsample_global, n_blocks_global).output(output_nc, ngf)
-        super().__init__(inputs, outputs, **kwargs)
+        trunk = global_trunk(
+            inputs, input_nc, ngf, n_downsample_global, n_blocks_global, recompute_blocks=recompute != "none"
+        )
+        super().__init__(inputs, trunk.output(output_nc, ngf), **kwargs)
+        self.recompute = recompute
+        self.recompute_call = recompute == "all"
         self.input_nc = input_nc
         self.output_nc = output_nc
         self.ngf = ngf
@@ -106,7 +125,10 @@ class GlobalGenerator(FunctionalNetwork):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LocalEnhancer(FunctionalNetwork):
     """G = {G1, G2, ...}: G1 at ngf·2^n works on the input downsampled n times; each enhancer doubles the
-    resolution and adds its front-end features to the coarser generator's last feature map."""
+    resolution and adds its front-end features to the coarser generator's last feature map.
+
+    `recompute` as in `GlobalGenerator` ("blocks": G1's and the enhancers' residual blocks).
+    """
 
     CONFIG = (
         "input_nc",
@@ -116,6 +138,7 @@ class LocalEnhancer(FunctionalNetwork):
         "n_blocks_global",
         "n_local_enhancers",
         "n_blocks_local",
+        "recompute",
     )
 
     def __init__(
@@ -127,21 +150,33 @@ class LocalEnhancer(FunctionalNetwork):
         n_blocks_global: int = 9,
         n_local_enhancers: int = 1,
         n_blocks_local: int = 3,
+        recompute: str = "none",
         **kwargs,
     ):
+        _check_recompute(recompute)
+        blocks = recompute != "none"
         inputs = keras.Input((None, None, input_nc), name="input")
         pyramid = [inputs]
         for i in range(n_local_enhancers):
             pyramid.append(AvgPoolExcludePad(name=f"downsample_{i + 1}")(pyramid[-1]))
 
-        coarser = global_trunk(pyramid[-1], input_nc, ngf * 2**n_local_enhancers, n_downsample_global, n_blocks_global)
+        coarser = global_trunk(
+            pyramid[-1],
+            input_nc,
+            ngf * 2**n_local_enhancers,
+            n_downsample_global,
+            n_blocks_global,
+            recompute_blocks=blocks,
+        )
         for n in range(1, n_local_enhancers + 1):
             g = ngf * 2 ** (n_local_enhancers - n)
             front = GeneratorStack(pyramid[n_local_enhancers - n], f"model{n}_1")
             front.c7s1(g, input_nc)
             front.down(2 * g, g)
             front_features, coarser_features = front.relu(), coarser.relu()
-            back = GeneratorStack(layers.Add(name=f"model{n}_add")([front_features, coarser_features]), f"model{n}_2")
+            back = GeneratorStack(
+                layers.Add(name=f"model{n}_add")([front_features, coarser_features]), f"model{n}_2", blocks
+            )
             for _ in range(n_blocks_local):
                 back.residual(2 * g)
             back.up(g, 2 * g)
@@ -154,6 +189,8 @@ class LocalEnhancer(FunctionalNetwork):
         self.n_blocks_global = n_blocks_global
         self.n_local_enhancers = n_local_enhancers
         self.n_blocks_local = n_blocks_local
+        self.recompute = recompute
+        self.recompute_call = recompute == "all"
 
     @property
     def size_multiple(self) -> int:

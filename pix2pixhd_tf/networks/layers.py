@@ -14,7 +14,14 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from pix2pixhd_tf.networks.fast_ops import PAD_MODES, leaky_relu, normalize_channels, padded_conv2d, upsample_conv2d
+from pix2pixhd_tf.networks.fast_ops import (
+    PAD_MODES,
+    leaky_relu,
+    normalize_channels,
+    padded_conv2d,
+    recompute,
+    upsample_conv2d,
+)
 
 _PACKAGE = "pix2pixhd_tf"
 
@@ -26,6 +33,19 @@ class FunctionalNetwork(keras.Model):
     """
 
     CONFIG: tuple[str, ...] = ()
+    # Set by a subclass (from its `recompute` argument): its whole forward is one `fast_ops.recompute`
+    # segment, so its backward pass keeps only its inputs.
+    recompute_call: bool = False
+
+    def call(self, inputs, training=None, mask=None):
+        if not self.recompute_call:
+            return super().call(inputs, training=training, mask=mask)
+        run_graph = super().call
+
+        def forward(*tensors):
+            return run_graph(tf.nest.pack_sequence_as(inputs, list(tensors)), training=training, mask=mask)
+
+        return recompute(forward, *tf.nest.flatten(inputs))
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **{k: getattr(self, k) for k in self.CONFIG}}
@@ -305,12 +325,15 @@ class ResnetBlock(layers.Layer):
 
     `input_relu`: the block's input is the IN output of a conv-IN-ReLU unit whose ReLU is still to apply
     (the first block after G's downsampling), so that only that IN output is kept for the backward pass.
+    `recompute` (`--recompute=blocks`): the backward pass keeps only the block's input, not its two IN
+    outputs, and runs the block's forward again (`fast_ops.recompute`).
     """
 
-    def __init__(self, dim: int, input_relu: bool = False, **kwargs):
+    def __init__(self, dim: int, input_relu: bool = False, recompute: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
         self.input_relu = input_relu
+        self.recompute = recompute
         slope = 0.0 if input_relu else None
         self.conv1 = conv(dim, 3, dim, padding=1, pad_mode="reflect", input_relu_slope=slope, name="conv1")
         self.norm1 = instance_norm("norm1")
@@ -324,6 +347,9 @@ class ResnetBlock(layers.Layer):
             norm.build(input_shape)
 
     def call(self, x):
+        return recompute(self._block, x) if self.recompute else self._block(x)
+
+    def _block(self, x):
         y = self.norm2(self.conv2(self.norm1(self.conv1(x))))
         return (x if self.relu is None else self.relu(x)) + y
 
@@ -331,7 +357,7 @@ class ResnetBlock(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "input_relu": self.input_relu}
+        return {**super().get_config(), "dim": self.dim, "input_relu": self.input_relu, "recompute": self.recompute}
 
 
 class ConvChain:
@@ -341,11 +367,13 @@ class ConvChain:
     `ResnetBlock(input_relu=True)`), in its forward and again in its gradient, so the tensor between two
     units is IN's output: the one tensor that training keeps for a unit's backward pass (`fast_ops`). `x` is
     the chain's current tensor; while `pending`, its activation (slope `slope`) is still to apply.
+    `recompute_blocks`: its ResnetBlocks recompute their forward in the backward pass (`--recompute`).
     """
 
-    def __init__(self, x, slope: float = 0.0):
+    def __init__(self, x, slope: float = 0.0, recompute_blocks: bool = False):
         self.x = x
         self.slope = slope
+        self.recompute_blocks = recompute_blocks
         self.pending = False
 
     def unit(self, filters: int, kernel_size: int, in_channels: int, *, name: str, norm_name: str, **conv_kwargs):
@@ -362,7 +390,7 @@ class ConvChain:
         """A ResnetBlock, which ends with its addition: nothing is left to activate."""
         if self.pending and self.slope != 0:
             raise ValueError(f"a ResnetBlock applies a pending ReLU, not a LeakyReLU of slope {self.slope}")
-        self.x = ResnetBlock(dim, input_relu=self.pending, name=name)(self.x)
+        self.x = ResnetBlock(dim, input_relu=self.pending, recompute=self.recompute_blocks, name=name)(self.x)
         self.pending = False
 
     def output_conv(self, filters: int, kernel_size: int, in_channels: int, *, name: str, **conv_kwargs):

@@ -284,9 +284,13 @@ def export_model(
         onnx_float16: with 'onnx', also write `{name}_float16.onnx` (`onnx_export.float16_weights`: float16
             weights, float32 compute; within one uint8 level of float32, see export/README.md).
 
+    With 'onnx', a feature model with a cluster bank also gets `{name}_seed.onnx` (styles sampled in the
+    graph from a seed, as `generate_with_seed`; and `{name}_seed_float16.onnx` with `onnx_float16`).
+
     Returns:
         {'saved_model': version dir or None, 'tflite': {variant: path}, 'onnx': path or None,
-        'onnx_float16': path or None, 'cluster_bank': path or None}.
+        'onnx_float16': path or None, 'onnx_seed': path or None, 'onnx_seed_float16': path or None,
+        'cluster_bank': path or None}.
     """
     if formats is None:
         formats = ["saved_model"] + (["tflite"] if tflite_size is not None else [])
@@ -320,15 +324,21 @@ def export_model(
     if "tflite" in formats:
         tflite_dir = os.path.join(export_dir, "tflite", str(version))
         tflite = export_tflite(opts, tflite_dir, size=tflite_size, variants=tflite_variants, generator=generator)
-    onnx = onnx16 = None
+    onnx = onnx16 = onnx_seed = onnx_seed16 = None
     if "onnx" in formats:
-        onnx = export_onnx(opts, os.path.join(export_dir, "onnx", str(version)), generator=generator)
+        onnx_dir = os.path.join(export_dir, "onnx", str(version))
+        onnx = export_onnx(opts, onnx_dir, generator=generator)
+        if opts.use_features and bank is not None:  # generate_with_seed's twin: styles sampled from the bank
+            onnx_seed = export_onnx(opts, onnx_dir, generator=generator, bank=bank, seed_input=True)
         if onnx_float16:
             onnx16 = float16_weights(onnx)
+            onnx_seed16 = float16_weights(onnx_seed) if onnx_seed else None
     return {
         "saved_model": saved_model,
         "tflite": tflite,
         "onnx": onnx,
         "onnx_float16": onnx16,
+        "onnx_seed": onnx_seed,
+        "onnx_seed_float16": onnx_seed16,
         "cluster_bank": bank_path,
     }

@@ -21,7 +21,14 @@ from pix2pixhd_tf.inputs import to_uint8
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.serving.endpoints import Endpoints
 
-__all__ = ["TFLITE_VARIANTS", "benchmark_tflite", "export_tflite", "run_tflite"]
+__all__ = [
+    "TFLITE_VARIANTS",
+    "benchmark_tflite",
+    "export_tflite",
+    "interpreter_class",
+    "interpreter_runtime",
+    "run_tflite",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +123,23 @@ def export_tflite(
     return paths
 
 
-def _interpreter(path: str, num_threads: int | None = None):
+def interpreter_class() -> type:
+    """The TFLite interpreter every .tflite run here goes through: LiteRT's `ai_edge_litert` (the extras
+    `.[tflite]` and `.[test]`) when installed, else the deprecated `tf.lite.Interpreter`."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # optional extra `.[tflite]`
     except ImportError:  # LiteRT is the successor of tf.lite.Interpreter, which still works
-        Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=path, num_threads=num_threads)
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+def interpreter_runtime() -> str:
+    """'ai_edge_litert' or 'tf.lite': which runtime `run_tflite` and `benchmark_tflite` use (for reports)."""
+    return "tf.lite" if interpreter_class() is tf.lite.Interpreter else "ai_edge_litert"
+
+
+def _interpreter(path: str, num_threads: int | None = None):
+    return interpreter_class()(model_path=path, num_threads=num_threads)
 
 
 def run_tflite(
@@ -155,6 +173,6 @@ def benchmark_tflite(path: str, runs: int = 10, num_threads: int | None = None) 
     }
     print(
         f"{os.path.basename(path)}: {result['size_mb']:.2f} MiB, CPU latency median {result['median_ms']:.1f} ms "
-        f"(mean {result['mean_ms']:.1f}, min {result['min_ms']:.1f}, {len(times)} runs)"
+        f"(mean {result['mean_ms']:.1f}, min {result['min_ms']:.1f}, {len(times)} runs, {interpreter_runtime()})"
     )
     return result

@@ -12,7 +12,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pix2pixhd_tf.data.dataset import build_dataset
-from pix2pixhd_tf.data.files import DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.files import DatasetLayout
+from pix2pixhd_tf.data.dataset import list_dataset_files
 from pix2pixhd_tf.experiment import load_encoder
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.styles.bank import ClusterBank, classes_of, keep_instance

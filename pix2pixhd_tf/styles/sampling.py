@@ -25,7 +25,7 @@ The numpy twin's `seed` names those seeds (`image_seeds`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -49,6 +49,13 @@ _MAX_SHUFFLE_INDEX = 2**31 - 1  # region ids are folded into [0, 2^31) before th
 
 
 # ------------------------------------------------------------------------------------------ the one draw
+
+
+def _floor_mod(x: tf.Tensor, m: int) -> tf.Tensor:
+    """x mod m in [0, m) for int64 x of any sign. The `where` is a no-op in TensorFlow, but tf2onnx lowers
+    an integer FloorMod to a truncated remainder (negative for negative x), which it corrects."""
+    r = tf.math.floormod(x, m)
+    return tf.where(r < 0, r + m, r)
 
 
 def cluster_draw(region_ids: tf.Tensor, seeds: tf.Tensor, counts: tf.Tensor) -> tf.Tensor:
@@ -102,11 +109,20 @@ def image_seeds(seed: SeedLike, n: int) -> np.ndarray:
 
 
 def sample_features_graph(
-    regions: tf.Tensor, seeds: tf.Tensor, bank: ClusterBank | None, *, feat_num: int
+    regions: tf.Tensor,
+    seeds: tf.Tensor,
+    bank: ClusterBank | None,
+    *,
+    feat_num: int,
+    draw: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor] = cluster_draw,
 ) -> tf.Tensor:
     """Sampled features, in-graph twin of `sample_feature_map` (no style specs): [N,H,W] region ids and
     int32 seeds [N] -> float32 [N,H,W,feat_num]. Regions whose class is outside the bank or has no
-    clusters, and every region when `bank` is None, get zeros."""
+    clusters, and every region when `bank` is None, get zeros.
+
+    `draw`: `cluster_draw`, or its ONNX twin `serving.onnx_sampling.cluster_draw_portable` (the same
+    numbers). The id arithmetic uses floor-mod and where, not BitwiseAnd / Bitcast, so that tf2onnx
+    converts it at opset 17 (equal results for int64 ids, negative ones included)."""
     regions = tf.convert_to_tensor(regions)
     shape = tf.shape(regions)
     if bank is None:
@@ -116,16 +132,17 @@ def sample_features_graph(
     # One row per (image, region id): keys are batch index * 2^32 + the id's 32 bits.
     ids = tf.cast(regions, tf.int64)
     batch_index = tf.broadcast_to(tf.range(shape[0], dtype=tf.int64)[:, None, None], tf.shape(ids))
-    keys = tf.reshape(batch_index * (2**32) + (ids & 0xFFFFFFFF), [-1])
+    keys = tf.reshape(batch_index * (2**32) + _floor_mod(ids, 2**32), [-1])
     unique_keys, segment = tf.unique(keys, out_idx=tf.int32)
     row_image = unique_keys // (2**32)
-    row_id = tf.cast(tf.bitcast(tf.cast(unique_keys & 0xFFFFFFFF, tf.uint32), tf.int32), tf.int64)
+    low = unique_keys % (2**32)  # unique_keys >= 0
+    row_id = tf.where(low >= 2**31, low - 2**32, low)  # the low 32 bits read as a signed int32
 
     classes = tf.cast(classes_of_graph(row_id), tf.int32)
     known = (classes >= 0) & (classes < bank.label_nc)
     classes = tf.where(known, classes, 0)
     counts = tf.where(known, tf.gather(tf.constant(bank.counts), classes), 0)
-    cluster = cluster_draw(row_id, tf.gather(tf.cast(seeds, tf.int64), row_image), counts)
+    cluster = draw(row_id, tf.gather(tf.cast(seeds, tf.int64), row_image), counts)
     centres = tf.gather_nd(tf.constant(bank.centers), tf.stack([classes, cluster], 1))
     centres *= tf.cast(counts > 0, tf.float32)[:, None]
     return tf.reshape(tf.gather(centres, segment), tf.concat([shape, [feat_num]], 0))

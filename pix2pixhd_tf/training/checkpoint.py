@@ -4,8 +4,8 @@
 - `epoch_{N}/`: a numbered checkpoint every save_epoch_freq epochs (`--which_epoch N` loads it);
 - `options.json` and `opt.txt`: the settings the experiment was trained with.
 
-A checkpoint holds G, D, E, both optimizers and the training position (epoch, step in epoch, global step),
-so `--continue_train` resumes exactly. Tools that only need G and E read it partially.
+A checkpoint holds G, D, E, both optimizers, the training position (epoch, step in epoch, global step) and,
+with --ema_decay, the moving average of G's and E's weights, so `--continue_train` resumes exactly. Tools that only need G and E read it partially.
 """
 
 from __future__ import annotations
@@ -51,7 +51,13 @@ def make_checkpoint(
     g_optimizer=None,
     d_optimizer=None,
     position: TrainingPosition | None = None,
+    average: tf.Module | None = None,
 ) -> tf.train.Checkpoint:
+    """The experiment's checkpoint object, or the part of it that `parts` name (absent parts are skipped).
+
+    `average` (a `training.averaging.WeightAverage`) is saved under `average/generator` and `average/encoder`:
+    restoring a `WeightAverage` wrapped around fresh networks loads the averaged weights into them.
+    """
     parts = dict(
         generator=generator,
         discriminator=discriminator,
@@ -59,8 +65,15 @@ def make_checkpoint(
         g_optimizer=g_optimizer,
         d_optimizer=d_optimizer,
         position=position,
+        average=average,
     )
     return tf.train.Checkpoint(**{k: v for k, v in parts.items() if v is not None})
+
+
+def holds_average(directory: str) -> bool:
+    """Whether the checkpoint in `directory` holds a moving average of G's weights (trained with --ema_decay)."""
+    path = find(directory)
+    return path is not None and any(name.startswith("average/") for name, _ in tf.train.list_variables(path))
 
 
 def save(checkpoint: tf.train.Checkpoint, directory: str) -> str:

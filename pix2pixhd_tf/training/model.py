@@ -14,6 +14,7 @@ from pix2pixhd_tf import networks
 from pix2pixhd_tf.inputs import check_image_size, encode_input, generator_input, size_multiple
 from pix2pixhd_tf.options import Options
 from pix2pixhd_tf.training import losses
+from pix2pixhd_tf.training.averaging import WeightAverage
 from pix2pixhd_tf.training.optimizers import FusedAdam
 
 G_LOSSES = ("G_GAN", "G_GAN_Feat", "G_VGG")
@@ -102,6 +103,7 @@ class Pix2PixHD(keras.Model):
         use_gan_feat_loss: bool = True,
         pool_size: int = 0,
         lambda_L1: float = 0.0,
+        average: WeightAverage | None = None,
         **kwargs,
     ):
         """
@@ -112,6 +114,7 @@ class Pix2PixHD(keras.Model):
                 'loaded' (precomputed maps in batch['feat']).
             label_feat: pool E's features per label instead of per instance.
             lambda_L1: weight of pix2pix's L1 reconstruction term (not part of pix2pixHD; 0 = off).
+            average: the moving average of G's (and E's) weights, updated after every G step; None = off.
         """
         super().__init__(**kwargs)
         if feature_source not in ("none", "encoder", "loaded"):
@@ -137,22 +140,33 @@ class Pix2PixHD(keras.Model):
         self.image_pool = ImagePool(pool_size, name="image_pool") if pool_size > 0 else None
         self.update_global = True
         self.lambda_L1 = lambda_L1
+        self.average = average
         names = G_LOSSES + (("G_L1",) if lambda_L1 else ()) + D_LOSSES
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True
 
     @classmethod
-    def from_options(cls, opts: Options, vgg: keras.Model | None = None) -> "Pix2PixHD":
+    def from_options(cls, opts: Options, vgg: keras.Model | None = None) -> Pix2PixHD:
         """Build every network from `opts`. Pass `vgg` to reuse one (None builds it unless no_vgg_loss)."""
         if vgg is None and not opts.no_vgg_loss:
             vgg = losses.build_vgg19_features(opts.vgg_weights)
         feature_source = "none"
         if opts.use_features:
             feature_source = "loaded" if opts.load_features else "encoder"
-        return cls(
+        # G, D, E in this order: the seeded initial weights stay those of earlier versions.
+        generator, discriminator, encoder = (
             networks.build_generator(opts),
             networks.build_discriminator(opts),
             networks.build_encoder(opts),
+        )
+        average = None
+        if opts.ema_decay:
+            average = WeightAverage(networks.build_generator(opts), networks.build_encoder(opts), opts.ema_decay)
+            average.reset(generator, encoder)
+        return cls(
+            generator,
+            discriminator,
+            encoder,
             None if opts.no_vgg_loss else vgg,
             label_nc=opts.label_nc,
             input_nc=opts.input_nc,
@@ -164,6 +178,7 @@ class Pix2PixHD(keras.Model):
             use_gan_feat_loss=not opts.no_ganFeat_loss,
             pool_size=opts.pool_size,
             lambda_L1=opts.lambda_L1,
+            average=average,
             name="pix2pixhd",
         )
 
@@ -225,19 +240,28 @@ class Pix2PixHD(keras.Model):
         instance = data["instance"] if self.use_instance else None
         return encode_input(data["label"], instance, label_nc=self.label_nc, input_nc=self.input_nc)
 
-    def feature_map(self, data: dict, training: bool = False) -> tf.Tensor | None:
-        """Per-instance features for G: E on the real image, or precomputed maps."""
+    def feature_map(self, data: dict, training: bool = False, averaged: bool = False) -> tf.Tensor | None:
+        """Per-instance features for G: E (or the averaged E) on the real image, or precomputed maps."""
         if self.feature_source == "loaded":
             return tf.cast(data["feat"], tf.float32)
         if self.feature_source == "encoder":
             regions = data["label"] if self.label_feat else data["instance"]
-            return self.encoder([data["image"], tf.cast(regions, tf.int32)], training=training)
+            encoder = self.average.encoder if averaged else self.encoder
+            return encoder([data["image"], tf.cast(regions, tf.int32)], training=training)
         return None
 
     def generate(
-        self, data: dict, features: tf.Tensor | None = None, training: bool = False, input_map: tf.Tensor | None = None
+        self,
+        data: dict,
+        features: tf.Tensor | None = None,
+        training: bool = False,
+        input_map: tf.Tensor | None = None,
+        averaged: bool = False,
     ) -> tf.Tensor:
-        """G(x): the synthesised image in [-1, 1]. `features` overrides E's (style control at test time)."""
+        """G(x): the synthesised image in [-1, 1]. `features` overrides E's (style control at test time);
+        `averaged` runs the moving average of G (and E) instead of the trained weights."""
+        if averaged and self.average is None:
+            raise ValueError("this model keeps no average of G's weights: train it with --ema_decay > 0")
         if input_map is None:
             input_map = self.input_map(data)
         multiple = size_multiple(self.generator)
@@ -245,11 +269,12 @@ class Pix2PixHD(keras.Model):
             multiple = max(multiple, size_multiple(self.encoder))
             input_map = check_image_size(input_map, multiple)  # before E sees the image
         if features is None and self.feature_source != "none":
-            features = self.feature_map(data, training)
+            features = self.feature_map(data, training, averaged)
         # G's Input layer checks the feature width: E's output or the loaded maps, whatever the data hold.
         feat_num = 0 if features is None else features.shape[-1]
         g_input = generator_input(input_map, features, feat_num=feat_num, size_multiple=multiple)
-        return self.generator(g_input, training=training)
+        generator = self.average.generator if averaged else self.generator
+        return generator(g_input, training=training)
 
     def call(self, data, training=False):
         """G(x). Like any Keras model, calling it on a batch builds its state (the image pool's buffer): fit()
@@ -320,6 +345,8 @@ class Pix2PixHD(keras.Model):
         *g_grads, d_fake = g_tape.gradient(g_loss_scaled, g_vars + [fake])
         d_grads = d_tape.gradient(d_loss_scaled, d_vars)
         self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
+        if self.average is not None:
+            self.average.update(self.generator, self.encoder)
         # G's backward pass through D is the last to read D's kernels: D's update waits for it (d_fake), so
         # it finds them unshared and updates them in place (see fast_ops._after_input_grad).
         with tf.control_dependencies([d_fake]):

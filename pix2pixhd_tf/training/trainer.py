@@ -28,8 +28,14 @@ from absl import logging as absl_logging
 
 from pix2pixhd_tf import visualize
 from pix2pixhd_tf.data.classes import SYNTHETIC, ClassTable
-from pix2pixhd_tf.data.dataset import build_dataset, find_unreadable_file, op_error_text, sample_order
-from pix2pixhd_tf.data.files import DatasetError, DatasetFiles, DatasetLayout, list_dataset_files
+from pix2pixhd_tf.data.dataset import (
+    build_dataset,
+    find_unreadable_file,
+    list_dataset_files,
+    op_error_text,
+    sample_order,
+)
+from pix2pixhd_tf.data.files import DatasetError, DatasetFiles, DatasetLayout
 from pix2pixhd_tf.data.synthetic import ensure_synthetic_dataset
 from pix2pixhd_tf.experiment import check_experiment_options
 from pix2pixhd_tf.options import Options
@@ -148,10 +154,22 @@ def _quiet_tf_info():
 
 
 class _StopRequested:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so a checkpoint can be written."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so a checkpoint can be written.
+
+    Under MultiWorkerMirroredStrategy the flags of all workers are combined after every step
+    (`distribute.StopAgreement`): a signal to any one worker stops all of them after the same global step.
+    """
 
     def __init__(self):
         self.signal: int | None = None
+
+    def agreed(self, agreement: distribute.StopAgreement, step: int) -> bool:
+        """Whether to stop after `step`: this process was signalled or, multi-worker, any worker was.
+        Collective under MultiWorkerMirroredStrategy: every worker calls it after every step."""
+        stopping = agreement(self.signal is not None)
+        if stopping and self.signal is None:
+            print(f"\nAnother worker was asked to stop: saving a checkpoint after step {step} with it.", flush=True)
+        return stopping
 
     @contextlib.contextmanager
     def installed(self):
@@ -228,6 +246,7 @@ class Trainer:
             self.model.g_optimizer,
             self.model.d_optimizer,
             self.position,
+            average=self.model.average,
         )
         self._step_fn = None
         self._files = files
@@ -236,7 +255,14 @@ class Trainer:
     def restore_or_initialise(self) -> None:
         opts = self.opts
         if opts.continue_train:
-            path = ckpt.restore(self.checkpoint, ckpt.checkpoint_dir(self.dir, opts.which_epoch))
+            directory = ckpt.checkpoint_dir(self.dir, opts.which_epoch)
+            average = self.model.average
+            if average is None or ckpt.holds_average(directory):
+                path = ckpt.restore(self.checkpoint, directory)
+            else:  # trained without --ema_decay so far: the average starts here, from the restored G
+                path = ckpt.restore(self._checkpoint_without_average(), directory)
+                average.reset(self.model.generator, self.model.encoder)
+                print(f"{path} holds no average of G's weights: averaging (--ema_decay {opts.ema_decay}) starts now")
             epoch, step = int(self.position.epoch), int(self.position.step_in_epoch)
             print(f"Resuming from {path} at epoch {epoch}, step {step}")
             if opts.netG == "local" and (epoch, step) <= (opts.niter_fix_global + 1, 0) and opts.niter_fix_global:
@@ -244,7 +270,15 @@ class Trainer:
                 self.model.set_update_global(False)
         elif opts.load_pretrain:
             ckpt.load_pretrained_global(self.model.generator, opts)
+            if self.model.average is not None:
+                self.model.average.reset(self.model.generator, self.model.encoder)
             print(f"Loaded the pretrained global generator from {opts.load_pretrain}")
+
+    def _checkpoint_without_average(self) -> tf.train.Checkpoint:
+        model = self.model
+        return ckpt.make_checkpoint(
+            model.generator, model.discriminator, model.encoder, model.g_optimizer, model.d_optimizer, self.position
+        )
 
     def save(self, which: str = ckpt.LATEST) -> None:
         """Every worker takes part (variables are read collectively); only the chief's copy is kept."""
@@ -341,6 +375,7 @@ class Trainer:
         steps_per_epoch = self.steps_per_epoch()
         logger = TrainingLogger(opts, self.model, self.dir, enabled=self.is_chief)
         stop = _StopRequested()
+        agreement = distribute.StopAgreement(self.strategy)
         done = 0
         interrupted = False
         with stop.installed(), logger:
@@ -369,7 +404,7 @@ class Trainer:
                     self.position.global_step.assign_add(1)
                     step = int(self.position.global_step)
                     logger.step(step, int(self.position.step_in_epoch), batch, self.strategy)
-                    if stop.signal is not None or (max_steps is not None and done >= max_steps):
+                    if stop.agreed(agreement, step) or (max_steps is not None and done >= max_steps):
                         interrupted = True
                         break
                     if opts.save_latest_freq and step % opts.save_latest_freq == 0:
@@ -458,7 +493,12 @@ class TrainingLogger:
             self.loss_log.flush()
         if global_step % self.opts.display_freq == 0:
             with self.writer.as_default(step=global_step):
-                tf.summary.image("label | generated | real", self.grid()[None])
+                title = (
+                    "label | generated | averaged G | real"
+                    if self.model.average is not None
+                    else "label | generated | real"
+                )
+                tf.summary.image(title, self.grid()[None])
 
     def interrupt(self) -> None:
         """End the bar's line, so that what is printed next starts on a line of its own."""
@@ -466,13 +506,16 @@ class TrainingLogger:
             print(flush=True)
 
     def grid(self) -> np.ndarray:
-        """Coloured label map | generated | real for the first sample of the first batch seen."""
+        """Coloured label map | generated | real for the first sample of the first batch seen; with --ema_decay,
+        label map | generated (trained weights) | generated (averaged weights) | real."""
         sample = self.sample
-        fake = self.model.generate(sample)
+        fakes = [self.model.generate(sample)]
+        if self.model.average is not None:
+            fakes.append(self.model.generate(sample, averaged=True))
         label = sample["label"].numpy()[0]
         row = [
             visualize.input_visual(label, self.palette),
-            visualize.tensor_to_uint8(fake.numpy()[0]),
+            *(visualize.tensor_to_uint8(fake.numpy()[0]) for fake in fakes),
             visualize.tensor_to_uint8(sample["image"].numpy()[0]),
         ]
         return visualize.image_grid([row])
