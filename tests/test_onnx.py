@@ -198,15 +198,20 @@ def test_converted_official_checkpoint_exports_to_onnx_and_matches_pytorch(tmp_p
     assert _levels(image, expected_uint8) <= 1
 
 
-def test_client_onnx_writes_the_image(exported, tmp_path):
-    opts, G, path = exported["global"]
-    label, instance = _maps(1, 16, 24)
+def _client_with_maps(label: np.ndarray, instance: np.ndarray, tmp_path):
+    """export/client_onnx.py as a module, with label.png / instance.png of the first maps written to tmp_path."""
     Image.fromarray(label[0].astype(np.uint8)).save(tmp_path / "label.png")
     Image.fromarray(instance[0].astype(np.uint16)).save(tmp_path / "instance.png")
     spec = importlib.util.spec_from_file_location("client_onnx", ROOT / "export" / "client_onnx.py")
     client = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(client)
-    out = tmp_path / "out.png"
+    return client, tmp_path / "out.png"
+
+
+def test_client_onnx_writes_the_image(exported, tmp_path):
+    opts, G, path = exported["global"]
+    label, instance = _maps(1, 16, 24)
+    client, out = _client_with_maps(label, instance, tmp_path)
     client.main(["--model", path, "--label", str(tmp_path / "label.png"),
                  "--instance", str(tmp_path / "instance.png"), "--out", str(out)])  # fmt: skip
     written = np.asarray(Image.open(out))
@@ -400,12 +405,7 @@ def test_client_onnx_runs_the_seed_model(seeded, tmp_path):
     """export/client_onnx.py --seed on {name}_seed.onnx writes the SavedModel's generate_with_seed image."""
     _, _, _, result, model = seeded
     label, instance = _seeded_maps(1, 16, 24)
-    Image.fromarray(label[0].astype(np.uint8)).save(tmp_path / "label.png")
-    Image.fromarray(instance[0].astype(np.uint16)).save(tmp_path / "instance.png")
-    spec = importlib.util.spec_from_file_location("client_onnx", ROOT / "export" / "client_onnx.py")
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
-    out = tmp_path / "out.png"
+    client, out = _client_with_maps(label, instance, tmp_path)
     client.main(["--model", result["onnx_seed"], "--label", str(tmp_path / "label.png"), "--instance",
                  str(tmp_path / "instance.png"), "--seed", "7", "--out", str(out)])  # fmt: skip
     served = model.signatures["generate_with_seed"](

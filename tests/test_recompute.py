@@ -31,6 +31,7 @@ from tests.helpers import (
     sgd_pair,
     tiny_options,
 )
+from tests.test_train import tiny_train_options
 
 F32_RTOL = 1e-5
 BF16_RTOL = 1e-2
@@ -181,29 +182,8 @@ def test_recompute_is_in_the_networks_configs():
 def test_recompute_round_trips_through_options_json_and_resume(tmp_path):
     """Train 2 steps with --recompute=blocks; options.json records it, and --continue_train resumes with it
     (and with another setting: recompute is not an architecture flag)."""
-    opts = Options(
-        name="recompute",
-        checkpoints_dir=str(tmp_path / "checkpoints"),
-        dataroot=str(tmp_path / "synthetic"),
-        synthetic=True,
-        synthetic_size=4,
-        label_nc=9,
-        loadSize=64,
-        fineSize=64,
-        resize_or_crop="none",
-        ngf=8,
-        n_downsample_global=2,
-        n_blocks_global=1,
-        ndf=8,
-        num_D=1,
-        n_layers_D=2,
-        no_vgg_loss=True,
-        niter=2,
-        niter_decay=0,
-        save_latest_freq=0,
-        save_epoch_freq=1,
-        steps_per_epoch=2,
-        recompute="blocks",
+    opts = tiny_train_options(
+        tmp_path, name="recompute", synthetic_size=4, niter=2, niter_decay=0, steps_per_epoch=2, recompute="blocks"
     )
     first = train(opts, max_steps=2)
     assert first.global_step == 2 and first.model.generator.recompute == "blocks"

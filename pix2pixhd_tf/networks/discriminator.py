@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from pix2pixhd_tf.networks.fast_ops import RECOMPUTE_MODES
+from pix2pixhd_tf.networks.fast_ops import check_recompute
 from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, ConvChain, FunctionalNetwork, LeakyReLU, conv
 
 _PACKAGE = "pix2pixhd_tf"
@@ -87,8 +87,7 @@ class MultiscaleDiscriminator(FunctionalNetwork):
         recompute: str = "none",
         **kwargs,
     ):
-        if recompute not in RECOMPUTE_MODES:
-            raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {recompute!r}")
+        check_recompute(recompute)
         inputs = _condition_and_image_inputs(input_nc, image_nc)
         x = inputs
         results = []

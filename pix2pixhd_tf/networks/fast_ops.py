@@ -312,6 +312,11 @@ def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float 
 RECOMPUTE_MODES = ("none", "blocks", "all")
 
 
+def check_recompute(recompute: str) -> None:
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {recompute!r}")
+
+
 def recompute(fn: Callable[..., tf.Tensor | list], *args: tf.Tensor):
     """`fn(*args)`, whose backward pass keeps only `args` and runs `fn` again to get everything else
     (`--recompute`): activation memory traded for one more forward of `fn`.

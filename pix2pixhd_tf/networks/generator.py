@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pix2pixhd_tf.networks.fast_ops import RECOMPUTE_MODES
+from pix2pixhd_tf.networks.fast_ops import check_recompute
 from pix2pixhd_tf.networks.layers import AvgPoolExcludePad, ConvChain, FunctionalNetwork
 
 _PACKAGE = "pix2pixhd_tf"
@@ -78,11 +78,6 @@ def global_trunk(
     return g
 
 
-def _check_recompute(recompute: str) -> None:
-    if recompute not in RECOMPUTE_MODES:
-        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {recompute!r}")
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class GlobalGenerator(FunctionalNetwork):
     """G1, the global generator network (the paper's 1024×512 Cityscapes model at ngf 64).
@@ -103,7 +98,7 @@ class GlobalGenerator(FunctionalNetwork):
         recompute: str = "none",
         **kwargs,
     ):
-        _check_recompute(recompute)
+        check_recompute(recompute)
         inputs = keras.Input((None, None, input_nc), name="input")
         trunk = global_trunk(
             inputs, input_nc, ngf, n_downsample_global, n_blocks_global, recompute_blocks=recompute != "none"
@@ -153,7 +148,7 @@ class LocalEnhancer(FunctionalNetwork):
         recompute: str = "none",
         **kwargs,
     ):
-        _check_recompute(recompute)
+        check_recompute(recompute)
         blocks = recompute != "none"
         inputs = keras.Input((None, None, input_nc), name="input")
         pyramid = [inputs]
