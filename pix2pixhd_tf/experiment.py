@@ -93,7 +93,8 @@ def restore_parts(opts: Options, which_epoch: str | None = None, **parts: keras.
     generator, encoder = parts.pop("generator", None), parts.pop("encoder", None)
     if generator is None and encoder is None:
         return ckpt.restore(ckpt.make_checkpoint(**parts), directory)
-    if ckpt.holds_average(directory) and not opts.raw_weights:
+    has_average = ckpt.holds_average(directory)
+    if has_average and not opts.raw_weights:
         # The same object path as training's WeightAverage: average/generator, average/encoder.
         average = tf.train.Checkpoint(
             **{k: v for k, v in {"generator": generator, "encoder": encoder}.items() if v is not None}
@@ -104,7 +105,7 @@ def restore_parts(opts: Options, which_epoch: str | None = None, **parts: keras.
         )
         return path
     path = ckpt.restore(ckpt.make_checkpoint(generator=generator, encoder=encoder, **parts), directory)
-    if ckpt.holds_average(directory):
+    if has_average:
         print(
             f"Using the trained (raw) weights of G{' and E' if encoder is not None else ''} from {path}, as --raw_weights asks"
         )
