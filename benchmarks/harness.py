@@ -69,6 +69,24 @@ TARGET_QUANTIZED_SPEEDUP = 1.5
 
 Record = dict[str, Any]
 
+# TensorFlow's x86 CPU build takes all but small tensors from a BFC pool (MklCPUAllocator), which keeps the
+# step's high-water mark resident and often hands a tensor a chunk far larger than itself; this variable
+# sends them to malloc instead: less peak memory, slower steps (benchmarks/memory_cpu.md).
+SYSTEM_ALLOCATOR_ENV = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"
+
+# The memory benchmarks' settings: Options overrides of our train step, by name.
+MEMORY_SETTINGS = {
+    "none": {},
+    "blocks": {"recompute": "blocks"},
+    "all": {"recompute": "all"},
+    "bf16": {"bf16": True},
+    "bf16_blocks": {"bf16": True, "recompute": "blocks"},
+    "bf16_all": {"bf16": True, "recompute": "all"},
+    "fp16": {"fp16": True},
+}
+PAPER_D = {"num_D": 3, "n_layers_D": 3, "ndf": 64}  # the paper's 3-scale D
+TINY_NET = dict(label_nc=5, ngf=8, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1, ndf=8, n_layers_D=2)
+
 
 # ---------------------------------------------------------------------------------------- options
 
@@ -549,21 +567,22 @@ def tflite_latency(
     return records
 
 
-def train_step_throughput(
-    net: str = "global",
-    size: Sequence[int] = (256, 512),
+def _allocator() -> str:
+    """This process's tensor allocator: TensorFlow's oneDNN pool or malloc (`memory.py --allocators`)."""
+    return "malloc" if os.environ.get(SYSTEM_ALLOCATOR_ENV, "0").lower() in ("1", "true") else "pool"
+
+
+def build_train_step(
+    net: str,
+    size: Sequence[int],
     batch: int = 1,
     vgg: bool = False,
     xla: bool = False,
-    runs: int = 5,
-    warmup: int = 1,
     overrides: Mapping[str, Any] | None = None,
-) -> Record:
-    """Seconds per `Pix2PixHD.train_step` (G and D forward/backward, two Adam updates) on a fixed batch.
-
-    The step runs under tf.function (jit_compile=`xla`), as `train.Trainer` runs it. `vgg` adds the VGG19
-    perceptual loss with random weights (the same work as ImageNet weights, which cannot be downloaded here).
-    """
+):
+    """(options, model, step, batch): `Pix2PixHD.train_step` under tf.function, as `train.Trainer` runs it,
+    on a fixed random batch. `vgg` adds the VGG19 loss with random weights (ImageNet's cannot be downloaded
+    here; the work is the same)."""
     import keras
     import tensorflow as tf
 
@@ -580,7 +599,25 @@ def train_step_throughput(
     model = Pix2PixHD.from_options(opts, vgg=losses.build_vgg19_features(None) if vgg else None)
     model.compile(*make_optimizers(opts))
     data = _random_batch(opts, h, w, batch)
-    step = tf.function(model.train_step, jit_compile=xla)
+    return opts, model, tf.function(model.train_step, jit_compile=xla), data
+
+
+def train_step_throughput(
+    net: str = "global",
+    size: Sequence[int] = (256, 512),
+    batch: int = 1,
+    vgg: bool = False,
+    xla: bool = False,
+    runs: int = 5,
+    warmup: int = 1,
+    overrides: Mapping[str, Any] | None = None,
+) -> Record:
+    """Seconds per `Pix2PixHD.train_step` (G and D forward/backward, two Adam updates) on a fixed batch.
+
+    The step runs under tf.function (jit_compile=`xla`), as `train.Trainer` runs it. `vgg` adds the VGG19
+    perceptual loss with random weights (the same work as ImageNet weights, which cannot be downloaded here).
+    """
+    opts, model, step, data = build_train_step(net, size, batch, vgg, xla, overrides)
     fn = lambda: {k: float(v) for k, v in step(data).items()}  # float(): wait for the step
     timing = time_calls(fn, runs, warmup)
     return {
@@ -595,6 +632,7 @@ def train_step_throughput(
         "d_params": int(model.discriminator.count_params()),
         "precision": "fp16" if opts.fp16 else "bf16" if opts.bf16 else "fp32",
         "recompute": opts.recompute,
+        "allocator": _allocator(),
         "num_D": opts.num_D,
         **timing,
         "s_per_iter": timing["median_s"],

@@ -25,22 +25,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import harness  # noqa: E402
 from pix2pixhd_tf.flags import parse_size  # noqa: E402
 
-# setting -> Options overrides of our train step; "torch" is the PyTorch reference iteration.
-SETTINGS = {
-    "none": {},
-    "blocks": {"recompute": "blocks"},
-    "all": {"recompute": "all"},
-    "bf16": {"bf16": True},
-    "bf16_blocks": {"bf16": True, "recompute": "blocks"},
-    "bf16_all": {"bf16": True, "recompute": "all"},
-    "fp16": {"fp16": True},
-}
-PAPER = {"num_D": 3, "n_layers_D": 3, "ndf": 64}
-TINY = dict(label_nc=5, ngf=8, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1, ndf=8, n_layers_D=2)
+# setting -> Options overrides of our train step (harness.MEMORY_SETTINGS); "torch" is the PyTorch reference.
+SETTINGS = harness.MEMORY_SETTINGS
+PAPER = harness.PAPER_D
+TINY = harness.TINY_NET
 
 flags.DEFINE_list("rows", ["local:1024x2048", "global:512x1024"], "NET:HEIGHTxWIDTH rows to measure.")
 flags.DEFINE_list(
     "settings", ["torch", "none", "blocks", "all", "bf16"], f"Any of torch, {', '.join(SETTINGS)}, in the run order."
+)
+flags.DEFINE_list(
+    "allocators",
+    ["pool"],
+    "Tensor allocators of our settings, each in the run order: pool (TensorFlow's default oneDNN BFC pool) "
+    "and malloc (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1: less memory, slower; see harness.SYSTEM_ALLOCATOR_ENV).",
 )
 flags.DEFINE_integer("runs", 2, "Timed steps per setting (the median is reported).")
 flags.DEFINE_integer("warmup", 0, "Untimed steps after the first one (which is reported as first_call_s).")
@@ -51,14 +49,26 @@ flags.DEFINE_string("output", "benchmarks/memory_cpu.json", "JSON results; the M
 FLAGS = flags.FLAGS
 
 
+ALLOCATOR_ENV = {"pool": {harness.SYSTEM_ALLOCATOR_ENV: "0"}, "malloc": {harness.SYSTEM_ALLOCATOR_ENV: "1"}}
+
+
 def plan(
-    rows: Sequence[tuple[str, tuple[int, int]]], settings: Sequence[str], runs: int, warmup: int, tiny: bool = False
+    rows: Sequence[tuple[str, tuple[int, int]]],
+    settings: Sequence[str],
+    runs: int,
+    warmup: int,
+    tiny: bool = False,
+    allocators: Sequence[str] = ("pool",),
 ) -> list[harness.Case]:
-    """One case per (row, setting), a row's settings one after another so that their step times are measured
-    under as similar a load as this machine allows."""
+    """One case per (row, setting, allocator), a row's cases one after another so that their step times are
+    measured under as similar a load as this machine allows."""
     unknown = [s for s in settings if s != "torch" and s not in SETTINGS]
+    unknown += [a for a in allocators if a not in ALLOCATOR_ENV]
     if unknown:
-        raise ValueError(f"unknown settings {unknown}; choose from torch, {', '.join(SETTINGS)}")
+        raise ValueError(
+            f"unknown settings {unknown}; choose from torch, {', '.join(SETTINGS)} and allocators "
+            f"{', '.join(ALLOCATOR_ENV)}"
+        )
     base = {**PAPER, **(TINY if tiny else {})}
     cases = []
     for net, size in rows:
@@ -69,20 +79,23 @@ def plan(
             else:
                 overrides = {**base, **SETTINGS[setting]}
                 kwargs = dict(net=net, size=size, runs=runs, warmup=warmup, overrides=overrides)
-                cases.append(harness.Case("train", "train_step_throughput", kwargs))
+                for allocator in allocators:
+                    cases.append(harness.Case("train", "train_step_throughput", kwargs, ALLOCATOR_ENV[allocator]))
     return cases
 
 
 def _setting(record: dict) -> str:
     if record["framework"] == "torch":
         return "PyTorch reference"
-    return {"fp32": "", "bf16": "bf16 ", "fp16": "fp16 "}[record["precision"]] + f"recompute={record['recompute']}"
+    precision = {"fp32": "", "bf16": "bf16 ", "fp16": "fp16 "}[record["precision"]]
+    return f"{precision}recompute={record['recompute']}, {record.get('allocator', 'pool')}"
 
 
 def table(records: Sequence[dict]) -> str:
-    """Markdown: one line per (row, setting), with ratios to the row's PyTorch and our default (fp32, none)."""
+    """Markdown: one line per (row, setting, allocator), with ratios to the row's PyTorch and our default
+    (fp32, recompute none, TensorFlow's pool)."""
     lines = [
-        "| net | size | setting | peak RSS MiB | RSS / PyTorch | RSS / ours default | s per step | "
+        "| net | size | setting, allocator | peak RSS MiB | RSS / PyTorch | RSS / ours default | s per step | "
         "time / ours default | time / PyTorch | timed steps | load before → after |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -93,7 +106,10 @@ def table(records: Sequence[dict]) -> str:
             (
                 o
                 for o in same_row
-                if o["framework"] != "torch" and o["precision"] == "fp32" and o["recompute"] == "none"
+                if o["framework"] != "torch"
+                and o["precision"] == "fp32"
+                and o["recompute"] == "none"
+                and o.get("allocator", "pool") == "pool"
             ),
             None,
         )
@@ -115,10 +131,10 @@ def main(argv):
     for row in FLAGS.rows:
         net, _, size = row.partition(":")
         rows.append((net, parse_size(size)))
-    cases = plan(rows, FLAGS.settings, FLAGS.runs, FLAGS.warmup, FLAGS.tiny)
+    cases = plan(rows, FLAGS.settings, FLAGS.runs, FLAGS.warmup, FLAGS.tiny, FLAGS.allocators)
     results = harness.run_benchmarks(cases, isolate=True, max_load=FLAGS.max_load, case_timeout_s=FLAGS.case_timeout_s)
     results["invocations"][-1]["settings"] = {
-        name: FLAGS[name].value for name in ("rows", "settings", "runs", "warmup", "max_load", "tiny")
+        name: FLAGS[name].value for name in ("rows", "settings", "allocators", "runs", "warmup", "max_load", "tiny")
     }
     markdown = table(results["records"])
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)

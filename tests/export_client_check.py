@@ -4,7 +4,8 @@ Run as a script in a fresh interpreter by tests/test_export.py:
 
     python tests/export_client_check.py JOBS.json RESULTS.json
 
-JOBS.json is a list of jobs, each {"model": dir, "kind": ..., ...}:
+JOBS.json is `-` to read the jobs from stdin once TensorFlow is imported (the caller can start the helper
+before the models exist and send the jobs when they do). It is a list of jobs, each {"model": dir, "kind": ..., ...}:
 
   * {"kind": "describe"}: the signature names with their inputs and outputs (dtype, shape).
   * {"kind": "call", "signature": name, "inputs": file.npz, "string_inputs": {name: [base64, ...]}}: call
@@ -126,8 +127,11 @@ def call(model, signature: str, inputs_path: str, string_inputs: dict) -> dict:
 
 
 def main(jobs_path: str, results_path: str) -> None:
-    with open(jobs_path) as f:
-        jobs = json.load(f)
+    if jobs_path == "-":
+        jobs = json.load(sys.stdin)
+    else:
+        with open(jobs_path) as f:
+            jobs = json.load(f)
     models = {}
     results = []
     for job in jobs:

@@ -152,3 +152,30 @@ def test_plan_and_sizes():
     assert harness.parse_size("512x1024") == (512, 1024)
     with pytest.raises(ValueError, match="unknown suites"):
         harness.plan_cases(["speed"])
+
+
+def test_memory_profile_replays_allocations_to_the_peak_and_what_is_alive_then():
+    """The replay of allocator events: the peak is the largest bytes-in-use, and what is alive then is every
+    allocation of the trace not yet freed, grouped by network and direction."""
+    from benchmarks.memory_profile import Allocation, alive_at_peak, group_by_op, group_by_phase
+
+    MiB = 2**20
+
+    def event(t, address, size, in_use, op="", free=False):
+        return Allocation(t, address, size * MiB, in_use * MiB, op, "[1]", free)
+
+    events = [
+        event(0, 1, 100, 1100, "G_1/conv/Conv2D"),
+        event(1, 2, 50, 1150, "D_3/scale2/layer0/Pad"),
+        event(2, 2, 50, 1100, free=True),
+        event(3, 3, 200, 1300, "gradient_tape/D_3/scale2/layer1/Conv2DBackpropInput"),  # the peak
+        event(4, 1, 100, 1200, free=True),
+        event(5, 4, 10, 1210, "g_adam/Adam"),
+    ]
+    peak, alive, curve = alive_at_peak(events)
+    assert peak == 1300 * MiB and curve == [e.bytes_in_use for e in events]
+    assert sorted(a.address for a in alive) == [1, 3]
+    assert group_by_phase(alive) == {"D gradient": 200.0, "G forward": 100.0}
+    assert [(r["op"], r["mib"]) for r in group_by_op(alive, top=1)] == [
+        ("gradient_tape/D_3/scale2/layer1/Conv2DBackpropInput", 200.0)
+    ]

@@ -18,15 +18,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
 
-def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def start_python(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
         env=ENV,
-        timeout=timeout,
-        check=False,
     )
 
 
@@ -49,6 +48,43 @@ RAISER = """
 """
 
 
+HIDDEN_EDITOR_EXTRA = """
+    import runpy, sys
+
+    class Hide:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "fastapi":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, Hide())
+    sys.argv = ["tools/editor.py", "--port=0"]
+    runpy.run_path("tools/editor.py", run_name="__main__")
+"""
+RUNS = {
+    "dataset": (RAISER, "dataset"),
+    "port": (RAISER, "port"),
+    "extra": (RAISER, "extra"),
+    "dataset --traceback": (RAISER, "dataset", "--traceback"),
+    "bug": (RAISER, "bug"),
+    "editor without fastapi": (HIDDEN_EDITOR_EXTRA,),
+}
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, subprocess.CompletedProcess]:
+    """Every run of RUNS, by name; one per CPU at a time, since each spends its time importing TensorFlow."""
+    pending, running, done = list(RUNS.items()), {}, {}
+    while pending or running:
+        while pending and len(running) < max(2, os.cpu_count() or 1):
+            name, (code, *args) = pending.pop(0)
+            running[name] = start_python(code, *args)
+        name = next(iter(running))
+        proc = running.pop(name)
+        stdout, stderr = proc.communicate(timeout=120)
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return done
+
+
 @pytest.mark.parametrize(
     "kind, expected",
     [
@@ -57,8 +93,8 @@ RAISER = """
         ("extra", 'pip install -e ".[editor]"'),
     ],
 )
-def test_known_errors_are_one_line_and_exit_1(kind, expected):
-    result = run_python(RAISER, kind)
+def test_known_errors_are_one_line_and_exit_1(runs, kind, expected):
+    result = runs[kind]
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -66,10 +102,10 @@ def test_known_errors_are_one_line_and_exit_1(kind, expected):
     assert "--traceback" in result.stderr  # the way to the full stack is named
 
 
-def test_traceback_flag_shows_the_stack_and_unknown_errors_keep_it():
-    shown = run_python(RAISER, "dataset", "--traceback")
+def test_traceback_flag_shows_the_stack_and_unknown_errors_keep_it(runs):
+    shown = runs["dataset --traceback"]
     assert shown.returncode == 1 and "Traceback" in shown.stderr and "DatasetError" in shown.stderr
-    bug = run_python(RAISER, "bug")
+    bug = runs["bug"]
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "RuntimeError: a bug" in bug.stderr
     assert "error: a bug" not in bug.stderr
 
@@ -103,21 +139,9 @@ def test_every_tool_uses_the_runner():
             assert "cli.run(main)" in source and "app.run(main)" not in source, name
 
 
-def test_editor_without_its_extra_names_the_install_command():
-    """fastapi hidden from the import system, as on an install without the `editor` extra."""
-    code = """
-        import runpy, sys
-
-        class Hide:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "fastapi":
-                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-        sys.meta_path.insert(0, Hide())
-        sys.argv = ["tools/editor.py", "--port=0"]
-        runpy.run_path("tools/editor.py", run_name="__main__")
-    """
-    result = run_python(code)
+def test_editor_without_its_extra_names_the_install_command(runs):
+    """fastapi hidden from the import system (HIDDEN_EDITOR_EXTRA), as on an install without the `editor` extra."""
+    result = runs["editor without fastapi"]
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "the editor needs the 'editor' extra" in result.stderr and 'pip install -e ".[editor]"' in result.stderr

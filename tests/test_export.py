@@ -127,6 +127,15 @@ def exported(tmp_path_factory):
     """Export the three models, call every signature in one fresh TensorFlow-only interpreter."""
     tmp = tmp_path_factory.mktemp("export")
     ns = SimpleNamespace(nets={}, dirs={}, jobs=[], index={})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # The helper imports TensorFlow while the models are exported here, then reads its jobs from stdin.
+    results_path = tmp / "results.json"
+    with open(tmp / "helper.stdout", "w") as stdout, open(tmp / "helper.stderr", "w") as stderr:
+        helper = subprocess.Popen(
+            [sys.executable, str(HELPER), "-", str(results_path)],
+            stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, cwd=tmp, env=env, text=True,
+        )  # fmt: skip
+    cli = None
     handler = _LogRecords()
     saved_model.logger.addHandler(handler)
     try:
@@ -141,6 +150,17 @@ def exported(tmp_path_factory):
                 (base / "notaversion").mkdir()
             bank = (CENTERS, COUNTS) if kind == "feat" else None
             ns.dirs[kind] = saved_model.export_saved_model(opts, str(base), cluster_bank=bank, generator=G, encoder=E)
+            if kind == "feat":  # saved_model_cli (installed with TensorFlow) runs beside the other exports
+                cli = subprocess.Popen(
+                    [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", ns.dirs["feat"],
+                     "--all"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp,
+                )  # fmt: skip
+    except BaseException:
+        for proc in (helper, cli):
+            if proc is not None:
+                proc.kill()
+        raise
     finally:
         saved_model.logger.removeHandler(handler)
     ns.warnings = handler.messages
@@ -212,24 +232,10 @@ def exported(tmp_path_factory):
         features=np.zeros_like(ns.features),
     )
 
-    jobs_path, results_path = tmp / "jobs.json", tmp / "results.json"
-    jobs_path.write_text(json.dumps(ns.jobs))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # saved_model_cli (installed with TensorFlow) runs beside the helper: both spend most time importing TF.
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", ns.dirs["feat"], "--all"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp,
-    )  # fmt: skip
-    run = subprocess.run(
-        [sys.executable, str(HELPER), str(jobs_path), str(results_path)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    helper.communicate(json.dumps(ns.jobs))
     ns.cli_stdout, cli_stderr = cli.communicate()
     ns.cli_returncode, ns.cli_stderr = cli.returncode, cli_stderr[-2000:]
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert helper.returncode == 0, (tmp / "helper.stderr").read_text()[-3000:]
     ns.fresh = json.loads(results_path.read_text())
     ns.tmp = tmp
     return ns
@@ -579,14 +585,21 @@ def test_grpc_client_against_a_prediction_service(exported):
 # ------------------------------------------------------------------------------------------ TFLite
 
 
-def test_tflite_variants_match_keras(exported, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tflite_files(exported, tmp_path_factory) -> dict[str, str]:
+    """The feature model's three TFLite variants at (H, W), converted once for the TFLite tests (read only)."""
+    opts, G, _ = exported.nets["feat"]
+    return tflite.export_tflite(opts, str(tmp_path_factory.mktemp("tflite")), size=(H, W), generator=G)
+
+
+def test_tflite_variants_match_keras(exported, tflite_files, tmp_path, capsys):
     """Tolerances on the [-1, 1] output: float32 is the same arithmetic (max < 1e-4, measured ~1e-6);
     float16 rounds every weight to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4, which the
     instance norms keep from growing: max < 5e-3, measured ~6e-4); dynamic range stores weights as int8
     per channel (step = max|w|/127) and quantises activations on the fly, ~1% of each range (max < 0.1,
     mean < 0.02, measured ~2e-2 and ~3e-3). The uint8 image of float32 is within one level."""
     opts, G, _ = exported.nets["feat"]
-    paths = tflite.export_tflite(opts, str(tmp_path), size=(H, W), generator=G)
+    paths = tflite_files
     assert set(paths) == set(tflite.TFLITE_VARIANTS)
     label, instance = exported.label[:1], exported.instance[:1]
     features = exported.features[:1]
@@ -606,7 +619,7 @@ def test_tflite_variants_match_keras(exported, tmp_path, capsys):
         tflite.export_tflite(opts, str(tmp_path), size=(H, 22), generator=G)
 
 
-def test_tflite_runs_through_litert_when_installed(exported, tmp_path, monkeypatch, capsys):
+def test_tflite_runs_through_litert_when_installed(exported, tflite_files, monkeypatch, capsys):
     """Every .tflite run (run_tflite, benchmark_tflite; the benchmark harness and tools use these) goes through
     `tflite.interpreter_class`: LiteRT's ai_edge_litert when installed (the `test` extra installs it), else
     tf.lite.Interpreter, and both give the same image."""
@@ -614,8 +627,7 @@ def test_tflite_runs_through_litert_when_installed(exported, tmp_path, monkeypat
         pytest.skip("ai-edge-litert is not installed (pip install .[tflite])")
     from ai_edge_litert.interpreter import Interpreter as LiteRT
 
-    opts, G, _ = exported.nets["feat"]
-    path = tflite.export_tflite(opts, str(tmp_path), size=(H, W), variants=("float32",), generator=G)["float32"]
+    path = tflite_files["float32"]
     feed = {"label": exported.label[:1], "instance": exported.instance[:1], "features": exported.features[:1]}
 
     assert tflite.interpreter_class() is LiteRT and tflite.interpreter_runtime() == "ai_edge_litert"

@@ -88,6 +88,36 @@ def test_feature_matching_gradient_does_not_flow_into_the_real_branch():
     assert float(tf.reduce_max(tf.abs(grad_fake))) > 0
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3), (3, 7)])
+def test_l1_distance_has_tf_abs_gradient_in_a_graph_and_eagerly(shape, dtype):
+    """The int8-sign gradient equals autodiff of mean|x - target| exactly, ties (x == target, gradient 0)
+    included, per sample; in a tf.function too."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=shape).astype("float32"), dtype=dtype)
+    target = tf.tensor_scatter_nd_update(  # a few exact ties
+        tf.constant(rng.normal(size=shape).astype("float32")), [[0] * len(shape), [1] * len(shape)],
+        tf.cast(tf.stack([x[(0,) * len(shape)], x[(1,) * len(shape)]]), tf.float32),
+    )
+    weights = tf.constant([1.0, -3.0, 0.5][: shape[0]])
+
+    def both(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = losses.l1_distance(x, target)
+            plain = tf.reduce_mean(tf.reshape(tf.abs(tf.cast(x, tf.float32) - target), [shape[0], -1]), axis=1)
+            ours_total, plain_total = tf.reduce_sum(weights * ours), tf.reduce_sum(weights * plain)
+        return ours, plain, tape.gradient(ours_total, x), tape.gradient(plain_total, x)
+
+    for run in (both, tf.function(both)):
+        ours, plain, grad, expected = run(x)
+        np.testing.assert_array_equal(ours, plain)
+        assert grad.dtype == x.dtype
+        np.testing.assert_array_equal(tf.cast(grad, tf.float32), tf.cast(expected, tf.float32))
+        assert float(tf.reshape(grad, [-1])[0]) == 0.0  # a tie
+        assert float(tf.reduce_max(tf.abs(tf.cast(grad, tf.float32)))) > 0
+
+
 def test_vgg_preprocess_maps_to_caffe_bgr_minus_imagenet_mean():
     image = tf.constant([[[[1.0, -1.0, 0.0]]]])  # R=255, G=0, B=127.5 in 0..255
     expected = [127.5 - 103.939, 0.0 - 116.779, 255.0 - 123.68]  # BGR, mean-subtracted

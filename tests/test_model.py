@@ -100,6 +100,21 @@ def test_train_step_equals_sgd_on_the_official_losses():
         np.testing.assert_allclose(v, e, atol=1e-6, err_msg=v.path)
 
 
+@pytest.mark.parametrize("pool_size, passes", [(0, 2), (2, 3)])
+def test_train_step_judges_the_fake_once_unless_an_image_pool_swaps_it(monkeypatch, pool_size, passes):
+    """Without a pool, D's loss and G's loss read one D pass on the fake (d_tape does not record G, so the
+    fake is detached for D's gradient); a pool can hand D another image, which needs its own pass."""
+    opts = tiny_options(pool_size=pool_size)
+    model = build_model(opts, sgd_pair(LR))
+    batch = random_batch(opts)
+    model(batch)  # builds the pool
+    seen = []
+    discriminate = model.discriminate
+    monkeypatch.setattr(model, "discriminate", lambda m, image, t: seen.append(image) or discriminate(m, image, t))
+    model.train_step(batch)
+    assert len(seen) == passes
+
+
 def test_switched_off_losses_are_zero():
     opts = tiny_options(no_ganFeat_loss=True, no_vgg_loss=True)
     logs = build_model(opts).train_step(random_batch(opts))

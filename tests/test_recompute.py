@@ -55,7 +55,7 @@ def _losses_and_grads(model: Pix2PixHD, batch: dict):
     @tf.function
     def run(data):
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            g_losses, d_losses, _ = model.compute_losses(data, training=True)
+            g_losses, d_losses, _ = model.compute_losses(data, training=True, d_tape=d_tape)
             g_loss = tf.reduce_mean(tf.add_n(list(g_losses.values())))
             d_loss = tf.reduce_mean(0.5 * (d_losses["D_real"] + d_losses["D_fake"]))
         g_grads = g_tape.gradient(g_loss, model.generator.trainable_variables)

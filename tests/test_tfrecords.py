@@ -18,7 +18,7 @@ from pix2pixhd_tf.data.files import check_contents
 from pix2pixhd_tf.training.trainer import Trainer, prepare_data, train
 from tests.helpers import sgd_pair
 from tests.test_dataset import _stem, batches, make_cityscapes, opts_for
-from tests.test_train import _run_workers, tiny_train_options
+from tests.test_train import _finish_workers, _kill, _start_workers, tiny_train_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -250,12 +250,17 @@ def test_two_multi_worker_processes_on_shards_end_with_identical_weights(tmp_pat
     pattern = str(tmp_path / "shards" / "train-*.tfrecord")
     tfrecords.write_tfrecords(DatasetLayout.of(folder_opts), phase="train", output=pattern, num_shards=2)
     opts = folder_opts.replace(name="workers", dataroot=pattern, synthetic=False, strategy="multi_worker")
-    workers = _run_workers(tmp_path, opts, 2, "worker", "sgd")
+    procs = _start_workers(tmp_path, opts, 2, "worker", "sgd")
+    try:  # the one-process run trains while the workers start (most of their time is importing and tracing)
+        initial = [np.array(v) for v in Trainer(folder_opts.replace(name="fresh")).model.generator.weights]
+        single = train(folder_opts, optimizers=lambda _: sgd_pair())
+    except BaseException:
+        _kill(procs)
+        raise
+    workers = _finish_workers(procs)
     for name in workers[0]:
         np.testing.assert_array_equal(workers[0][name], workers[1][name])
 
-    initial = [np.array(v) for v in Trainer(folder_opts.replace(name="fresh")).model.generator.weights]
-    single = train(folder_opts, optimizers=lambda _: sgd_pair())
     largest_step = 0.0
     for i, (v, start) in enumerate(zip(single.model.generator.weights, initial)):
         if v.path.endswith("kernel"):  # biases before instance norm move by rounding noise only

@@ -68,9 +68,15 @@ def test_learning_rate_is_constant_then_linear_to_zero():
     assert learning_rate(opts, 200) == pytest.approx(2e-4 / 100)
 
 
-def test_training_writes_checkpoints_logs_and_samples(tmp_path):
-    opts = tiny_train_options(tmp_path)
-    result = train(opts)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Options, TrainResult]:
+    """One uninterrupted run of the default tiny schedule (2 epochs of 3 steps), shared: tests only read it."""
+    opts = tiny_train_options(tmp_path_factory.mktemp("straight"))
+    return opts, train(opts)
+
+
+def test_training_writes_checkpoints_logs_and_samples(straight):
+    opts, result = straight
     base = os.path.join(opts.checkpoints_dir, opts.name)
     assert not result.interrupted and result.global_step == 6 and result.epoch == 3
     assert ckpt.available_checkpoints(base) == ["epoch_1", "epoch_2", "latest"]
@@ -89,11 +95,11 @@ def test_training_writes_checkpoints_logs_and_samples(tmp_path):
         np.testing.assert_array_equal(np.array(loaded), np.array(trained))
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+def test_interrupted_run_resumes_to_the_same_weights(straight, tmp_path):
     """Stopping mid-epoch (as SIGINT does: after the current step) and resuming equals never stopping."""
-    reference = train(tiny_train_options(tmp_path, name="straight"))
+    straight_opts, reference = straight
 
-    opts = tiny_train_options(tmp_path, name="resumed")
+    opts = tiny_train_options(tmp_path, name="resumed", dataroot=straight_opts.dataroot)  # the same scenes
     first = train(opts, max_steps=4)  # epoch 2, after its first step
     assert first.interrupted and first.epoch == 2 and first.global_step == 4
     second = train(opts.replace(continue_train=True))
@@ -148,25 +154,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_workers(tmp_path, opts: Options, n: int, out_prefix: str, *worker_args: str) -> list[dict]:
+def _start_workers(tmp_path, opts: Options, n: int, out_prefix: str, *worker_args: str) -> list[tuple]:
+    """Launch `n` tests/train_worker.py processes on loopback; output goes to files (no pipe stalls while the
+    caller does other work), read by `_finish_workers`."""
     ports = [_free_port() for _ in range(n)]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(n):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
         env["CUDA_VISIBLE_DEVICES"] = ""
-        out = str(tmp_path / f"{out_prefix}{i}.npz")
+        out, log_path = str(tmp_path / f"{out_prefix}{i}.npz"), str(tmp_path / f"{out_prefix}{i}.log")
         cmd = [sys.executable, WORKER_SCRIPT, json.dumps(opts.__dict__), out, *worker_args]
-        procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out))
+        with open(log_path, "wb") as log:
+            procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), out, log_path))
+    return procs
+
+
+def _kill(procs: list[tuple]) -> None:
+    for proc, _, _ in procs:
+        proc.kill()
+
+
+def _finish_workers(procs: list[tuple], timeout: float = 240) -> list[dict]:
+    """Wait for `_start_workers`' processes; each must exit 0. Their G weights, by worker."""
     results = []
-    for proc, out in procs:
+    for proc, out, log_path in procs:
         try:
-            log, _ = proc.communicate(timeout=240)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for p, _ in procs:
-                p.kill()
+            _kill(procs)
             raise
-        assert proc.returncode == 0, log.decode()[-3000:]
+        assert proc.returncode == 0, open(log_path).read()[-3000:]
         results.append(dict(np.load(out)))
     return results
 
@@ -183,12 +201,16 @@ def test_multi_worker_training_matches_a_single_process(tmp_path):
     common = dict(batchSize=2, serial_batches=True, no_flip=True, niter=1, niter_decay=0, steps_per_epoch=3, lr=0.01)
     opts = tiny_train_options(tmp_path, strategy="multi_worker", **common)
     prepare_data(opts)
-    workers = _run_workers(tmp_path, opts, 2, "worker", "sgd")
-
-    single = train(tiny_train_options(tmp_path, name="single", **common), optimizers=lambda _: sgd_pair())
+    procs = _start_workers(tmp_path, opts, 2, "worker", "sgd")
+    try:  # the one-process run trains while the workers start (most of their time is importing and tracing)
+        single = train(tiny_train_options(tmp_path, name="single", **common), optimizers=lambda _: sgd_pair())
+        initial = [np.array(v) for v in Trainer(tiny_train_options(tmp_path, name="fresh")).model.generator.weights]
+    except BaseException:
+        _kill(procs)
+        raise
+    workers = _finish_workers(procs)
     for name in workers[0]:
         np.testing.assert_array_equal(workers[0][name], workers[1][name])  # replicas stay in sync exactly
-    initial = [np.array(v) for v in Trainer(tiny_train_options(tmp_path, name="fresh")).model.generator.weights]
     G = networks.build_generator(opts)
     G.set_weights([workers[0][f"g{i}"] for i in range(len(G.weights))])
     largest_step = 0.0

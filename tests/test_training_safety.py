@@ -102,7 +102,7 @@ def test_tools_train_twice_refuses_the_second_run_in_one_line(tmp_path):
     assert tree_digest(latest) == before
 
 
-def test_continue_train_names_the_flag_that_differs_and_a_missing_checkpoint(tmp_path):
+def test_continue_train_names_the_flag_that_differs_a_missing_checkpoint_and_a_network_size_mismatch(tmp_path):
     opts = one_step_options(tmp_path)
     with pytest.raises(FileNotFoundError, match="drop --continue_train"):
         train(opts.replace(continue_train=True))
@@ -112,6 +112,13 @@ def test_continue_train_names_the_flag_that_differs_and_a_missing_checkpoint(tmp
     assert "options.json" in str(err.value) and "--flagfile" in str(err.value)
     # The same flags resume.
     assert train(opts.replace(continue_train=True, niter_decay=1)).global_step == 2
+
+    # Past the options.json check (Trainer directly), the checkpoint's own shapes name the checkpoint and flags.
+    trainer = Trainer(opts.replace(continue_train=True, ngf=16))
+    with pytest.raises(ValueError) as err:
+        trainer.restore_or_initialise()
+    message = str(err.value)
+    assert ckpt.experiment_dir(opts) in message and "--ngf" in message and "--flagfile" in message
 
 
 # ------------------------------------------------------------------ item 2: a data error saves first, names the file
@@ -277,16 +284,6 @@ def test_a_truncated_checkpoint_names_its_file_and_the_fix(tmp_path, part):
         ckpt.restore(tf.train.Checkpoint(v=tf.Variable(0.0), big=tf.Variable(tf.zeros([4096]))), d)
     message = str(err.value)
     assert os.path.join(d, "ckpt") in message and "truncated or corrupt" in message and "--which_epoch" in message
-
-
-def test_a_network_size_mismatch_names_the_checkpoint_and_the_flags(tmp_path):
-    opts = one_step_options(tmp_path)
-    train(opts)
-    trainer = Trainer(opts.replace(continue_train=True, ngf=16))  # Trainer directly: no options.json check
-    with pytest.raises(ValueError) as err:
-        trainer.restore_or_initialise()
-    message = str(err.value)
-    assert ckpt.experiment_dir(opts) in message and "--ngf" in message and "--flagfile" in message
 
 
 # ------------------------------------------------------------------ item 5: the progress line

@@ -134,7 +134,11 @@ def padded_conv2d(
       there; with fewer channels the convolution kernel wins. Its gradient rebuilds the shifted views too
       (9x the block input) rather than keep them.
     - A reflection pad's gradient folds the frame back without a scratch copy (`_fold_reflection`), and a
-      stride-1 conv's input gradient comes out unpadded, with no padded copy to crop.
+      stride-1 conv's input gradient comes out unpadded, with no padded copy to crop. With a condition, the
+      kernel gradient comes in two parts, from the padded condition and the padded `x`: the padded
+      concatenation is not rebuilt (at a conditional D's first layer at 1024x2048 it and its source are
+      0.6 GB, at the step's memory peak: benchmarks/memory_profile.py). Zero padding stays a `tf.pad`:
+      the kernels' own EXPLICIT padding takes Eigen's im2col path here, 1 GB of scratch for D's last layer.
 
     benchmarks/README.md has the measurements.
     """
@@ -149,9 +153,11 @@ def padded_conv2d(
         return tf.nn.conv2d(x, kernel, strides, "VALID")
     paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
 
-    def pad(t):  # ReLU after the pad equals ReLU before it (pads copy pixels or add zeros), and runs in place
-        t = t if condition is None else tf.concat([condition, t], axis=-1)
+    def pad_alone(t):  # ReLU after the pad equals ReLU before it (pads copy pixels or add zeros), and runs in place
         return _activate(tf.pad(t, paddings, PAD_MODES[mode]) if padding else t, input_relu_slope)
+
+    def pad(t):
+        return pad_alone(t if condition is None else tf.concat([condition, t], axis=-1))
 
     stride4 = [1, strides, strides, 1]
     kernel_size, channels, filters = kernel.shape[0], kernel.shape[-2], kernel.shape[-1]
@@ -170,8 +176,12 @@ def padded_conv2d(
             y = tf.nn.conv2d(padded, kernel, strides, "VALID")
 
         def grad(dy):
-            padded = _recompute_after(dy, pad, x)
             x_kernel = kernel if condition is None else kernel[:, :, -x.shape[-1] :, :]  # x's input channels
+            if condition is None:
+                inputs = [_recompute_after(dy, pad, x)]
+            else:  # the condition's kernel rows get their gradient from the condition alone
+                inputs = [_recompute_after(dy, pad_alone, t) for t in (condition, x)]
+            padded = inputs[-1]
             if matmul:
                 dy_rows = tf.reshape(dy, [-1, filters])
                 d_kernel = tf.reshape(tf.matmul(_im2col(padded), dy_rows, transpose_a=True), [3, 3, channels, filters])
@@ -179,9 +189,13 @@ def padded_conv2d(
                 shifts = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
                 d_padded = tf.add_n([tf.pad(d_cols[:, :, :, t, :], s) for t, s in enumerate(shifts)])
             else:
-                d_kernel = tf.raw_ops.Conv2DBackpropFilter(
-                    input=padded, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=stride4, padding="VALID"
-                )
+                d_kernels = [
+                    tf.raw_ops.Conv2DBackpropFilter(
+                        input=t, filter_sizes=_kernel_shape(kernel, t), out_backprop=dy, strides=stride4, padding="VALID"
+                    )
+                    for t in inputs
+                ]
+                d_kernel = d_kernels[0] if len(d_kernels) == 1 else tf.concat(d_kernels, axis=2)
                 if not same_size:
                     padded_x_shape = tf.concat([tf.shape(padded)[:3], tf.shape(x)[3:]], 0)
                     d_padded = _conv_input_grad(dy, x_kernel, padded_x_shape, "VALID", strides)
@@ -229,6 +243,11 @@ def _recompute_after(dy: tf.Tensor, fn, x: tf.Tensor) -> tf.Tensor:
     backward pass."""
     with tf.control_dependencies([dy]):
         return fn(tf.identity(x))
+
+
+def _kernel_shape(kernel: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """`kernel`'s shape with `t`'s channels as its input channels: the rows of the kernel that read `t`."""
+    return tf.concat([tf.shape(kernel)[:2], tf.shape(t)[3:], tf.shape(kernel)[3:]], 0)
 
 
 def _conv_input_grad(dy: tf.Tensor, kernel: tf.Tensor, input_sizes, padding: str, strides: int = 1) -> tf.Tensor:

@@ -26,6 +26,31 @@ def _per_sample_mean(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
 
 
+def l1_distance(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Per-sample mean |x - target|, with `target` held fixed: feature matching's, the VGG loss's and L1's term.
+
+    The backward pass keeps only sign(x - target), as int8. tf.abs would keep the float difference for its
+    gradient, and the mean's gradient would tile dy to full size: per compared feature map, 4x the kept bytes
+    and one more full-size tensor, alive at the step's memory peak (benchmarks/memory_profile.py). The
+    gradient is the same: sign(x - target)·dy/n.
+    """
+    target = tf.stop_gradient(tf.cast(target, tf.float32))
+
+    @tf.custom_gradient
+    def distance(x):
+        difference = tf.cast(x, tf.float32) - target
+        sign = tf.cast(tf.sign(difference), tf.int8)
+
+        def grad(dy):
+            count = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+            per_sample = tf.reshape(dy / count, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+            return tf.cast(tf.cast(sign, tf.float32) * per_sample, x.dtype)
+
+        return _per_sample_mean(tf.abs(difference)), grad
+
+    return distance(x)
+
+
 def gan_loss(predictions: Predictions, target_is_real: bool, mode: str = "lsgan", for_discriminator: bool = True):
     """The GAN loss summed over discriminator scales, on the last output of each.
 
@@ -63,15 +88,14 @@ def feature_matching_loss(fake: Predictions, real: Predictions, n_layers_D: int,
     total = 0.0
     for fake_scale, real_scale in zip(fake, real):
         for f, r in zip(fake_scale[:-1], real_scale[:-1]):
-            l1 = _per_sample_mean(tf.abs(tf.cast(f, tf.float32) - tf.stop_gradient(tf.cast(r, tf.float32))))
-            total += (feat_weight / num_D) * lambda_feat * l1
+            total += (feat_weight / num_D) * lambda_feat * l1_distance(f, r)
     return total
 
 
 def l1_loss(fake: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
     """pix2pix's L1 reconstruction term (Isola et al. 2017), optional here: a cheap anchor for short runs
     without the VGG weights (configs/local.cfg); pix2pixHD itself does not use it."""
-    return _per_sample_mean(tf.abs(tf.cast(fake, tf.float32) - tf.cast(real, tf.float32)))
+    return l1_distance(fake, real)
 
 
 def build_vgg19_features(weights: str | None = "imagenet") -> keras.Model:
@@ -114,5 +138,5 @@ class VGGLoss:
         real_feats = self.vgg(vgg_preprocess(real))
         total = 0.0
         for w, f, r in zip(VGG_WEIGHTS, fake_feats, real_feats):
-            total += w * _per_sample_mean(tf.abs(tf.cast(f, tf.float32) - tf.stop_gradient(tf.cast(r, tf.float32))))
+            total += w * l1_distance(f, r)
         return self.lambda_feat * total
