@@ -1,13 +1,14 @@
 """What sets the peak of a training step: every tensor alive at the step's memory peak, by op.
 
-    python -m benchmarks.memory_profile --net=local --size=1024x2048 --output=benchmarks/memory_profile_local.json
-    python -m benchmarks.memory_profile --net=local --size=1024x2048 --recompute=blocks
+    python -m benchmarks.memory_profile --net=local --size=1024x2048 --setting=blocks \
+        --output=benchmarks/memory_profile_local_blocks.json
+    python -m benchmarks.memory_profile --net=local --size=1024x2048 --setting=none --allocator=malloc
     python -m benchmarks.memory_profile --tiny --size=64x128 --output=/tmp/profile.json   # a smoke run
 
 The step is the one `benchmarks.memory` measures (the paper's 3-scale D, batch 1, no VGG). By default
-(`--allocator=traced`) it runs with TensorFlow's BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC, set here
-before TensorFlow loads), whose allocations the profiler records with the op and shape of each tensor. One step traces, the next is
-profiled; replaying its allocations gives the bytes in use over time, the moment of the peak and what was
+(`--allocator=traced`) it runs with TensorFlow's BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC, set
+before TensorFlow loads), whose allocations the profiler records with the op and shape of each tensor. One
+step traces, the next is profiled; replaying its allocations gives the bytes in use over time, the moment of the peak and what was
 alive then (the bytes each op asked for). The process's RSS is sampled beside it: what the allocator keeps
 beyond the tensors (rounding, freed chunks it holds) and the runtime's own memory show as the difference.
 `--allocator=pool|malloc` gives that RSS curve for TensorFlow's default allocator and for malloc.
