@@ -7,6 +7,8 @@ step, lr·g/(|g| + eps), is blind to such factors.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -377,6 +379,18 @@ def _loss_scaled_sgd_pair():
 FLOAT16_UPDATE_ERROR = {"G": 0.1, "D": 0.02, "E": 0.15}
 
 
+def _native_float16_kernels() -> bool:
+    """Whether TensorFlow's oneDNN kernels run float16 natively here (AVX512-FP16 CPUs): then a batch-2 step
+    and two batch-1 replicas round differently. Elsewhere float16 is computed in float32 and rounded alike."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "avx512_fp16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def test_mirrored_float16_step_with_loss_scaling(f32_reference):
     """float16 (11 significant bits) with loss scaling: finite, close to the float32 update (see
     FLOAT16_UPDATE_ERROR), and the mirrored step equal to the one-device float16 step to within rounding."""
@@ -393,7 +407,15 @@ def test_mirrored_float16_step_with_loss_scaling(f32_reference):
     for key in single_error:
         assert mirrored_error[key] < max(1.5 * single_error[key], 0.02), key
         assert mirrored_error[key] < FLOAT16_UPDATE_ERROR[key], key
-        assert between[key] < 0.1 * FLOAT16_UPDATE_ERROR[key], key  # a wrong loss scale or reduction is >= 50%
+        # A wrong loss scale or reduction is >= 50%. Where float16 is emulated in float32 the two steps
+        # round alike (measured: G 0.25%, D 0.03%, E 0.6%, also on an AVX512-FP16 Xeon with
+        # TF_ENABLE_ONEDNN_OPTS=0). With native float16 kernels each is its own rounding of the float32 step
+        # (measured there: G 6.4% and 6.4% from float32, 6.6% from each other; E 8.2%, 6.2%, 8.7%; not
+        # underflow, the same at loss scales 2^8-2^14), so they may be as far apart as two roundings.
+        if _native_float16_kernels():
+            assert between[key] < 1.5 * np.hypot(single_error[key], mirrored_error[key]), key
+        else:
+            assert between[key] < 0.1 * FLOAT16_UPDATE_ERROR[key], key
 
 
 def test_float16_dynamic_loss_scale_recovers():

@@ -8,6 +8,7 @@ re-run differently, so results agree to rounding, not bit for bit. bfloat16 (mix
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -43,12 +44,6 @@ def _local_options(**overrides) -> Options:
     return tiny_options(netG="local", n_blocks_global=2, n_blocks_local=1, **overrides)
 
 
-def _same_weights(opts: Options, reference: Pix2PixHD, **build) -> Pix2PixHD:
-    model = build_model(opts, **build)
-    set_network_weights(model, network_weights(reference))
-    return model
-
-
 def _losses_and_grads(model: Pix2PixHD, batch: dict):
     """The train step's G and D losses and their gradients (G's and D's variables), in one tf.function."""
 
@@ -82,13 +77,21 @@ def _relative_errors(got: list[np.ndarray], expected: list[np.ndarray]) -> list[
     return [float(np.max(np.abs(a - b))) / scale for a, b in zip(got, expected)]
 
 
-def _check_same(mode: str, policy: str, rtol: float):
+@functools.cache
+def _reference(policy: str):
+    """recompute=none under `policy`: (options, batch, weights, losses and gradients), shared by the modes."""
     keras.mixed_precision.set_global_policy(policy)
     opts = _local_options()
     batch = random_batch(opts, n=2, h=32, w=64)
     reference = build_model(opts, sgd_pair())
-    expected = _losses_and_grads(reference, batch)
-    model = _same_weights(opts.replace(recompute=mode), reference, optimizers=sgd_pair())
+    return opts, batch, network_weights(reference), _losses_and_grads(reference, batch)
+
+
+def _check_same(mode: str, policy: str, rtol: float):
+    opts, batch, weights, expected = _reference(policy)
+    keras.mixed_precision.set_global_policy(policy)
+    model = build_model(opts.replace(recompute=mode), sgd_pair())
+    set_network_weights(model, weights)
     assert model.generator.recompute == model.discriminator.recompute == mode
     got = _losses_and_grads(model, batch)
     np.testing.assert_allclose(got[0], expected[0], rtol=rtol)

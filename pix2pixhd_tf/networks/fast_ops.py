@@ -149,8 +149,8 @@ def padded_conv2d(
                 "a conv with a condition cannot take the im2col matmul path (3x3, stride 1, >= 512 inputs)"
             )
         condition = tf.stop_gradient(condition)
-    elif not padding and not matmul and input_relu_slope is None:
-        return tf.nn.conv2d(x, kernel, strides, "VALID")
+    elif not padding and not matmul and input_relu_slope is None and (x.dtype != tf.float16 or _has_gpu()):
+        return tf.nn.conv2d(x, kernel, strides, "VALID")  # its own gradient is the same (`_filter_grad`)
     paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
 
     def pad_alone(t):  # ReLU after the pad equals ReLU before it (pads copy pixels or add zeros), and runs in place
@@ -189,12 +189,7 @@ def padded_conv2d(
                 shifts = [[[0, 0], [i, 2 - i], [j, 2 - j], [0, 0]] for i in range(3) for j in range(3)]
                 d_padded = tf.add_n([tf.pad(d_cols[:, :, :, t, :], s) for t, s in enumerate(shifts)])
             else:
-                d_kernels = [
-                    tf.raw_ops.Conv2DBackpropFilter(
-                        input=t, filter_sizes=_kernel_shape(kernel, t), out_backprop=dy, strides=stride4, padding="VALID"
-                    )
-                    for t in inputs
-                ]
+                d_kernels = [_filter_grad(t, _kernel_shape(kernel, t), dy, stride4) for t in inputs]
                 d_kernel = d_kernels[0] if len(d_kernels) == 1 else tf.concat(d_kernels, axis=2)
                 if not same_size:
                     padded_x_shape = tf.concat([tf.shape(padded)[:3], tf.shape(x)[3:]], 0)
@@ -248,6 +243,18 @@ def _recompute_after(dy: tf.Tensor, fn, x: tf.Tensor) -> tf.Tensor:
 def _kernel_shape(kernel: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
     """`kernel`'s shape with `t`'s channels as its input channels: the rows of the kernel that read `t`."""
     return tf.concat([tf.shape(kernel)[:2], tf.shape(t)[3:], tf.shape(kernel)[3:]], 0)
+
+
+def _filter_grad(x: tf.Tensor, filter_sizes, dy: tf.Tensor, strides4: list[int]) -> tf.Tensor:
+    """A "valid" conv's kernel gradient. On CPUs float16 runs in float32: TensorFlow has no fast float16
+    kernel for it there (a 3x3, 64-channel 128x256 one took 5.5 s against 10 ms in float32 on an AVX512-FP16
+    Xeon, benchmarks/memory_cpu.md), and float32 accumulation is the more exact one anyway."""
+    native = x.dtype != tf.float16 or _has_gpu()
+    x32, dy32 = (x, dy) if native else (tf.cast(x, tf.float32), tf.cast(dy, tf.float32))
+    d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+        input=x32, filter_sizes=filter_sizes, out_backprop=dy32, strides=strides4, padding="VALID"
+    )
+    return d_kernel if native else tf.cast(d_kernel, x.dtype)
 
 
 def _conv_input_grad(dy: tf.Tensor, kernel: tf.Tensor, input_sizes, padding: str, strides: int = 1) -> tf.Tensor:
@@ -317,9 +324,7 @@ def upsample_conv2d(x: tf.Tensor, kernel: tf.Tensor, *, input_relu_slope: float 
         def grad(dy):
             activated = _recompute_after(dy, lambda t: _activate(t, input_relu_slope), x)
             d_full = tf.pad(dy, crop)
-            d_kernel = tf.raw_ops.Conv2DBackpropFilter(
-                input=d_full, filter_sizes=tf.shape(kernel), out_backprop=activated, strides=stride4, padding="VALID"
-            )
+            d_kernel = _filter_grad(d_full, tf.shape(kernel), activated, stride4)
             d_x = tf.nn.conv2d(d_full, kernel, 2, "VALID")
             return _activate_grad(d_x, x, input_relu_slope), _after_input_grad(d_kernel, d_x)
 
