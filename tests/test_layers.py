@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pix2pixhd_tf.networks import GlobalGenerator, NLayerDiscriminator
-from pix2pixhd_tf.networks.fast_ops import MATMUL_CONV_MIN_CHANNELS
+from pix2pixhd_tf.networks.fast_ops import MATMUL_CONV_MIN_CHANNELS, padded_conv2d, upsample_conv2d
 from pix2pixhd_tf.networks.layers import (
     AvgPoolExcludePad,
     InstanceAveragePool,
@@ -396,3 +396,34 @@ def test_global_generator_survives_keras_save_and_load(tmp_path):
     assert loaded.get_config() == net.get_config()
     x = tf.random.normal((1, 16, 20, 4))
     np.testing.assert_array_equal(loaded(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda x, k: padded_conv2d(x, k, padding=1, mode="reflect", input_relu_slope=0.0),
+        lambda x, k: padded_conv2d(x, k, strides=2, padding=1),
+        lambda x, k: padded_conv2d(x, k),  # no pad, no activation: the plain conv's own gradient in float32
+        lambda x, k: upsample_conv2d(x, k),
+    ],
+    ids=["reflect", "stride2", "plain", "upsample"],
+)
+def test_float16_kernel_gradients_equal_float32_ones_to_rounding(op):
+    """float16 kernel gradients run in float32 on CPUs (TensorFlow's float16 Conv2DBackpropFilter is hundreds
+    of times slower there): the same values as float32, to float16's rounding, in float16."""
+    x = rng.standard_normal((2, 12, 10, 8)).astype(np.float32)
+    kernel = (0.2 * rng.standard_normal((3, 3, 8, 8))).astype(np.float32)
+    grads = {}
+    for dtype in (tf.float32, tf.float16):
+        x_t, k_t = tf.constant(x, dtype), tf.constant(kernel, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch([x_t, k_t])
+            out = op(x_t, k_t)
+            loss = tf.reduce_sum(tf.cast(out, tf.float32) * tf.cos(tf.range(out.shape[-1], dtype=tf.float32)))
+        grads[dtype] = tape.gradient(loss, [x_t, k_t])
+    for got, expected in zip(grads[tf.float16], grads[tf.float32]):
+        assert got.dtype == tf.float16
+        scale = float(np.max(np.abs(expected)))
+        error = float(np.max(np.abs(np.asarray(got, np.float32) - expected))) / scale
+        print(f"float16 gradient error {error:.1e}")
+        assert error <= 2e-3
