@@ -154,7 +154,8 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
+    """The instruction-set flags of /proc/cpuinfo that decide kernel speed (and float16 rounding) here."""
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
     try:
         with open("/proc/cpuinfo") as f:
@@ -200,7 +201,7 @@ def environment() -> Record:
         "nproc": affinity,
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": cpu_flags(),
         "memory_gib": mem_total,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import harness
 from pix2pixhd_tf.networks import fast_ops
 from pix2pixhd_tf.training import losses
 from pix2pixhd_tf.training.model import D_LOSSES, G_LOSSES, ImagePool, Pix2PixHD
@@ -382,13 +383,7 @@ FLOAT16_UPDATE_ERROR = {"G": 0.1, "D": 0.02, "E": 0.15}
 def _native_float16_kernels() -> bool:
     """Whether TensorFlow's oneDNN kernels run float16 natively here (AVX512-FP16 CPUs): then a batch-2 step
     and two batch-1 replicas round differently. Elsewhere float16 is computed in float32 and rounded alike."""
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "avx512_fp16" in line.split() for line in f)
-    except OSError:
-        return False
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0" and "avx512_fp16" in harness.cpu_flags()
 
 
 def test_mirrored_float16_step_with_loss_scaling(f32_reference):

@@ -149,7 +149,7 @@ def padded_conv2d(
                 "a conv with a condition cannot take the im2col matmul path (3x3, stride 1, >= 512 inputs)"
             )
         condition = tf.stop_gradient(condition)
-    elif not padding and not matmul and input_relu_slope is None and (x.dtype != tf.float16 or _has_gpu()):
+    elif not padding and not matmul and input_relu_slope is None and not _slow_float16(x.dtype):
         return tf.nn.conv2d(x, kernel, strides, "VALID")  # its own gradient is the same (`_filter_grad`)
     paddings = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
 
@@ -245,16 +245,24 @@ def _kernel_shape(kernel: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
     return tf.concat([tf.shape(kernel)[:2], tf.shape(t)[3:], tf.shape(kernel)[3:]], 0)
 
 
+def _slow_float16(dtype: tf.DType) -> bool:
+    """float16 on a CPU, where TensorFlow has no fast float16 kernel gradient (`_filter_grad`)."""
+    return dtype == tf.float16 and not _has_gpu()
+
+
 def _filter_grad(x: tf.Tensor, filter_sizes, dy: tf.Tensor, strides4: list[int]) -> tf.Tensor:
     """A "valid" conv's kernel gradient. On CPUs float16 runs in float32: TensorFlow has no fast float16
     kernel for it there (a 3x3, 64-channel 128x256 one took 5.5 s against 10 ms in float32 on an AVX512-FP16
     Xeon, benchmarks/memory_cpu.md), and float32 accumulation is the more exact one anyway."""
-    native = x.dtype != tf.float16 or _has_gpu()
-    x32, dy32 = (x, dy) if native else (tf.cast(x, tf.float32), tf.cast(dy, tf.float32))
+    compute = tf.float32 if _slow_float16(x.dtype) else x.dtype
     d_kernel = tf.raw_ops.Conv2DBackpropFilter(
-        input=x32, filter_sizes=filter_sizes, out_backprop=dy32, strides=strides4, padding="VALID"
+        input=tf.cast(x, compute),
+        filter_sizes=filter_sizes,
+        out_backprop=tf.cast(dy, compute),
+        strides=strides4,
+        padding="VALID",
     )
-    return d_kernel if native else tf.cast(d_kernel, x.dtype)
+    return tf.cast(d_kernel, x.dtype)
 
 
 def _conv_input_grad(dy: tf.Tensor, kernel: tf.Tensor, input_sizes, padding: str, strides: int = 1) -> tf.Tensor:
